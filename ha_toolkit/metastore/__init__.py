@@ -1,0 +1,161 @@
+"""The metastore: a lease with a fencing epoch, and the cluster record it guards.
+
+One small interface, one module per backend (``mysql``, ``zookeeper``). Every
+backend passes the same contract suite (tests/test_metastore_contract.py)
+against a real server.
+
+What it guarantees, assuming clocks whose *rate* drifts by a bounded amount
+(no synchronisation assumed):
+
+* at most one controller holds a valid lease at a time; the epoch grows
+  whenever the holder changes;
+* a write made under a lease lands only if that lease's epoch is still the
+  current one and the lease has not expired by the metastore's own judgement;
+* a :class:`Lease` carries a local deadline on the holder's monotonic clock,
+  measured from the moment the acquire/renew request was *sent*, so the holder
+  stops trusting it no later than the metastore stops honouring it.
+
+What it does not guarantee: anything about a holder that acts after its
+local deadline. Callers check :meth:`Lease.remaining` before every action.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ha_toolkit.config import MetastoreConfig
+
+
+class MetastoreError(Exception):
+    """The metastore could not be reached or answered with an error."""
+
+
+class LeaseLost(MetastoreError):
+    """Our lease is no longer current: a renew or fenced write was refused."""
+
+
+@dataclass(frozen=True)
+class Lease:
+    holder: str
+    epoch: int
+    sent_at: float  # time.monotonic() when the acquire/renew request was sent
+    ttl: float  # seconds the metastore honours the lease after it received the request
+
+    @property
+    def deadline(self) -> float:
+        return self.sent_at + self.ttl
+
+    def remaining(self, now: float | None = None) -> float:
+        """Seconds this lease is still ours by our own clock (negative once past)."""
+        return self.deadline - (time.monotonic() if now is None else now)
+
+
+@dataclass(frozen=True)
+class ClusterRecord:
+    """What every controller reads each cycle."""
+
+    holder: str | None = None  # controller holding the lease, if any
+    epoch: int = 0  # current fencing epoch (0: never held)
+    lease_remaining: float | None = None  # by the metastore's clock; informational
+    scheduler_node: str | None = None  # placement: where the scheduler may run
+    placement_epoch: int = 0  # epoch under which the placement was written
+    failed_nodes: tuple[str, ...] = ()  # masters where the scheduler would not start
+    paused: bool = False  # maintenance: the ACTIVE takes no node action
+    failover_to: str | None = None  # pending `ha-toolkit failover --to NODE` request
+    standbys: tuple[str, ...] = ()  # controllers seen recently, other than the holder
+    last_poll: datetime | None = None  # when the ACTIVE last finished a poll (UTC)
+
+
+@dataclass(frozen=True)
+class Event:
+    """One entry of the append-only event log."""
+
+    controller: str
+    epoch: int
+    action: str
+    node: str | None
+    result: str
+    time: datetime | None = field(default=None, compare=False)  # set by the metastore (UTC)
+
+
+class Metastore(ABC):
+    """A backend. Methods raise :class:`MetastoreError` when the server is out of
+    reach and :class:`LeaseLost` when a lease-guarded call is refused."""
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create tables or paths; idempotent."""
+
+    @abstractmethod
+    def acquire(self, controller: str, ttl: float) -> Lease | None:
+        """Take the lease if it is free or expired, or confirm it if already ours.
+        Returns None while another controller holds a valid lease. Safe to call
+        from several controllers at the same moment: exactly one wins."""
+
+    @abstractmethod
+    def renew(self, lease: Lease) -> Lease:
+        """Extend our lease; raises LeaseLost if it is no longer ours."""
+
+    @abstractmethod
+    def release(self, lease: Lease) -> None:
+        """Give the lease up (best effort; it expires anyway)."""
+
+    @abstractmethod
+    def read(self) -> ClusterRecord:
+        """The current record; any controller, leader or not, may read it."""
+
+    @abstractmethod
+    def write_placement(
+        self, lease: Lease, node: str | None, failed_nodes: tuple[str, ...] = ()
+    ) -> None:
+        """Fenced write of the scheduler placement; raises LeaseLost for a stale lease."""
+
+    @abstractmethod
+    def finish_poll(self, lease: Lease, clear_failover: bool = False) -> None:
+        """Fenced: record the end of a poll; optionally clear the failover request."""
+
+    @abstractmethod
+    def set_paused(self, paused: bool) -> None:
+        """Operator request (not fenced: any node's CLI may pause or resume)."""
+
+    @abstractmethod
+    def request_failover(self, node: str | None) -> None:
+        """Operator request to move the scheduler to `node` (None: the next master)."""
+
+    @abstractmethod
+    def heartbeat(self, controller: str) -> None:
+        """A STANDBY says it is alive (shown by `status`)."""
+
+    @abstractmethod
+    def append_event(self, event: Event) -> None:
+        """Append to the event log."""
+
+    @abstractmethod
+    def events(self, limit: int = 50) -> list[Event]:
+        """The newest `limit` events, oldest first."""
+
+    @abstractmethod
+    def clear(self) -> None:
+        """Delete the lease, record and requests (not the event log)."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections."""
+
+
+def open_metastore(config: MetastoreConfig) -> Metastore:
+    """The backend named by ``config.type``."""
+    if config.type == "mysql":
+        from ha_toolkit.metastore.mysql import MySQLMetastore
+
+        return MySQLMetastore(config)
+    if config.type == "zookeeper":
+        from ha_toolkit.metastore.zookeeper import ZooKeeperMetastore
+
+        return ZooKeeperMetastore(config)
+    raise ValueError(f"unknown metastore type {config.type!r}")
