@@ -2,23 +2,27 @@
 
 Nothing else in the package knows about Ansible. Results come from runner
 events (never from scraping output): each host ends `ok`, `failed` or
-`unreachable`, with the number of changed tasks and the value of the last
-task named ``Report`` (a playbook's way to hand data back).
+`unreachable`, with the number of changed tasks and the data of the last
+task whose name starts with ``Report``: its ``msg`` when that is a mapping
+(a debug task), else its stdout parsed as JSON (a command that prints JSON).
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import ansible_runner
 
-REPORT_TASK = "Report"
+REPORT_PREFIX = "Report"
 PLAYBOOK_DIR = Path(__file__).resolve().parent / "playbooks"
 
 
@@ -74,18 +78,28 @@ class _EventCollector:
         res = data.get("res") or {}
         with self.lock:
             result = self._host(host)
-            if kind == "runner_on_ok":
-                if res.get("changed"):
-                    result.changed += 1
-                if data.get("task") == REPORT_TASK and isinstance(res.get("msg"), dict):
-                    result.report = dict(res["msg"])
+            task = str(data.get("task", ""))
+            if kind in ("runner_on_ok", "runner_on_failed") and task.startswith(REPORT_PREFIX):
+                result.report = _report(res) or result.report
+            if kind == "runner_on_ok" and res.get("changed"):
+                result.changed += 1
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
                 result.status = "failed"
-                result.message = _short(res)
+                result.message = str(result.report.get("message") or _short(res))
             elif kind == "runner_on_unreachable":
                 result.status = "unreachable"
                 result.message = _short(res)
         return True  # keep the event in runner's own record as well
+
+
+def _report(res: dict[str, Any]) -> dict[str, Any]:
+    if isinstance(res.get("msg"), dict):
+        return dict(res["msg"])
+    try:
+        parsed = json.loads(res.get("stdout") or "")
+    except ValueError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
 
 
 def _short(res: dict[str, Any]) -> str:
@@ -102,6 +116,7 @@ def run_playbook(
     timeout: float | None = None,
     forks: int = 10,
     data_dir: str | Path | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> PlaybookResult:
     """Run `playbook` (a path, or a name under ha_toolkit/playbooks) against `inventory`."""
     path = Path(playbook)
@@ -129,7 +144,129 @@ def run_playbook(
             envvars=envvars,
             event_handler=collector,
             quiet=True,
-            timeout=int(timeout) if timeout else None,
+            timeout=max(1, int(timeout)) if timeout else None,
+            cancel_callback=cancel,
             json_mode=False,
         )
     return PlaybookResult(str(path), runner.rc, runner.status, collector.hosts)
+
+
+class InventoryError(Exception):
+    """The inventory cannot be read or lacks the masters group."""
+
+
+def read_group(inventory: str | Path, group: str) -> list[str]:
+    """Hosts of `group` in inventory order (through ansible-inventory, once at start)."""
+    binary = Path(sys.executable).parent / "ansible-inventory"
+    proc = subprocess.run(
+        [str(binary) if binary.exists() else "ansible-inventory", "-i", str(inventory), "--list"],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "ANSIBLE_INVENTORY_UNPARSED_FAILED": "True"},
+    )
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines() or ["ansible-inventory failed"]
+        raise InventoryError(f"{inventory}: {lines[-1]}")
+    data = json.loads(proc.stdout)
+    hosts = list((data.get(group) or {}).get("hosts") or [])
+    if not hosts:
+        raise InventoryError(f"{inventory}: group {group!r} has no hosts")
+    return hosts
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """The scheduler on one master, as a node-action run reported it."""
+
+    node: str
+    reachable: bool
+    running: bool = False  # the unit is in a state that may run scheduler code
+    healthy: bool | None = None  # health URL answer; None without a URL
+    main_pid: int = 0
+    active_state: str = "unknown"
+    since_start: float | None = None  # seconds since the unit began starting (node's clock)
+    epoch_seen: int = 0
+    changed: bool = False
+    refused: bool = False
+    error: str = ""
+
+    @property
+    def serving(self) -> bool:
+        """Running and not known to be unhealthy."""
+        return self.running and self.healthy is not False
+
+
+class SchedulerNodes:
+    """Scheduler actions on the masters, one playbook run per call."""
+
+    def __init__(
+        self,
+        inventory: str | Path,
+        group: str,
+        unit: str,
+        health_url: str | None,
+        stop_timeout: float,
+        data_dir: str | Path | None = None,
+    ) -> None:
+        self.inventory = Path(inventory)
+        self.group = group
+        self.unit = unit
+        self.health_url = health_url or ""
+        self.stop_timeout = stop_timeout
+        self.data_dir = data_dir
+        self.masters = read_group(self.inventory, group)
+
+    def run(
+        self,
+        actions: dict[str, str],
+        epoch: int,
+        timeout: float,
+        hosts: list[str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> dict[str, NodeStatus]:
+        """Act on the named hosts (status on the others) and report every targeted host.
+        A host with no result (the run timed out or was cancelled) is reported unreachable."""
+        targets = hosts if hosts is not None else self.masters
+        result = run_playbook(
+            "scheduler.yml",
+            self.inventory,
+            limit=",".join(targets),
+            extravars={
+                "ha_hosts": self.group,
+                "ha_actions": actions,
+                "ha_epoch": epoch,
+                "ha_unit": self.unit,
+                "ha_health_url": self.health_url,
+                "ha_stop_timeout": self.stop_timeout,
+            },
+            timeout=timeout,
+            forks=max(len(targets), 1),
+            data_dir=self.data_dir,
+            cancel=cancel,
+        )
+        statuses: dict[str, NodeStatus] = {}
+        for node in targets:
+            host = result.hosts.get(node)
+            if host is None:
+                statuses[node] = NodeStatus(
+                    node, reachable=False, error=f"no result ({result.status})"
+                )
+            elif host.status == "unreachable":
+                statuses[node] = NodeStatus(node, reachable=False, error=host.message)
+            else:
+                r = host.report
+                statuses[node] = NodeStatus(
+                    node,
+                    reachable=bool(r),
+                    running=bool(r.get("running", False)),
+                    healthy=r.get("healthy"),
+                    main_pid=int(r.get("main_pid", 0)),
+                    active_state=str(r.get("active_state", "unknown")),
+                    since_start=r.get("since_start"),
+                    epoch_seen=int(r.get("epoch_seen", 0)),
+                    changed=bool(r.get("changed", False)),
+                    refused=bool(r.get("refused", False)),
+                    error=host.message,
+                )
+        return statuses

@@ -1,0 +1,210 @@
+"""What the ACTIVE controller should do this poll: a pure function of what it
+observed, what the metastore says, and what it remembers.
+
+No I/O and no clock of its own (``now`` is passed in), so every rule here is
+unit-tested with a fake clock. The control loop (controller.py) executes the
+resulting :class:`Plan` and reports back through :meth:`Decider.started`.
+
+Rules, in order:
+
+1. An operator's ``failover`` request moves the scheduler to the named master
+   (or the next one) and is then cleared.
+2. No placement recorded: adopt the one running scheduler; if several run,
+   keep the first serving one in inventory order and stop the rest; if none
+   runs, place it on the first reachable master.
+3. The placed node is unreachable: move to the next master.
+4. The placed node's scheduler is down or unhealthy: leave it alone while it
+   is still starting (up to ``start_timeout``), else (re)start it once there;
+   if that does not bring it up within ``start_timeout``, move it.
+5. Any scheduler running anywhere but the placed node is stopped.
+
+A start is only *safe* when no other master may still run a scheduler: every
+other master was observed stopped, or the placement has named the target for
+at least ``move_wait`` (by then a node that could not be observed has read the
+new placement and stopped, or lost the metastore and fenced itself).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from ha_toolkit.metastore import ClusterRecord
+from ha_toolkit.nodes import NodeStatus
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One poll's intent. ``place`` is the placement to write first (fenced)."""
+
+    reason: str
+    place: str | None = None  # write this placement (None: keep the recorded one)
+    failed_nodes: tuple[str, ...] = ()  # with the placement write
+    stop: tuple[str, ...] = ()
+    restart: str | None = None  # hung: stop and start in one fenced action
+    start: str | None = None  # start only if safe_to_start() says so
+    clear_failover: bool = False
+
+    @property
+    def acts(self) -> bool:
+        return bool(self.place or self.stop or self.restart or self.start or self.clear_failover)
+
+
+@dataclass
+class Decider:
+    """The ACTIVE's memory between polls; reset whenever leadership changes."""
+
+    masters: Sequence[str]
+    start_timeout: float
+    move_wait: float
+    placement_since: float = 0.0  # since when the placement has been what it is
+    attempts: dict[str, float] = field(default_factory=dict)  # node -> when we (re)started it
+
+    def placement_written(self, now: float) -> None:
+        self.placement_since = now
+
+    def started(self, node: str, now: float) -> None:
+        self.attempts[node] = now
+
+    # -- the decision ------------------------------------------------------------------------
+    def plan(self, record: ClusterRecord, obs: Mapping[str, NodeStatus], now: float) -> Plan:
+        running = [m for m in self.masters if _st(obs, m).running]
+        placed = record.scheduler_node if record.scheduler_node in self.masters else None
+        failed = tuple(n for n in record.failed_nodes if n in self.masters)
+
+        if record.failover_to is not None:
+            return self._failover(record.failover_to, placed, failed, obs, running)
+
+        if placed is None:
+            return self._place_fresh(obs, running, failed)
+
+        status = _st(obs, placed)
+        strays = tuple(m for m in running if m != placed)
+        if not status.reachable:
+            return self._move(placed, failed, obs, running, f"{placed} is unreachable")
+        if status.serving and status.healthy is not False:
+            self.attempts.pop(placed, None)
+            healed = tuple(n for n in failed if n != placed)
+            if strays or healed != failed:
+                return Plan(
+                    f"scheduler healthy on {placed}",
+                    place=placed if healed != failed else None,
+                    failed_nodes=healed,
+                    stop=strays,
+                )
+            return Plan(f"scheduler healthy on {placed}")
+
+        attempted = self.attempts.get(placed)
+        if attempted is None:
+            starting = status.running and (status.since_start or 0.0) < self.start_timeout
+            if starting:
+                return Plan(f"scheduler on {placed} is starting", stop=strays)
+            if status.running:
+                return Plan(
+                    f"scheduler on {placed} is unhealthy: restart", restart=placed, stop=strays
+                )
+            return Plan(f"scheduler on {placed} is down: start it", start=placed, stop=strays)
+        if status.running and now - attempted < self.start_timeout:
+            return Plan(f"scheduler on {placed} is starting after a restart", stop=strays)
+        why = "did not become healthy" if status.running else "did not start"
+        return self._move(placed, failed, obs, running, f"scheduler on {placed} {why}")
+
+    def safe_to_start(self, target: str, obs: Mapping[str, NodeStatus], now: float) -> bool:
+        others_stopped = all(
+            _st(obs, m).reachable and not _st(obs, m).running for m in self.masters if m != target
+        )
+        return others_stopped or now - self.placement_since >= self.move_wait
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _next_master(
+        self, after: str | None, failed: Sequence[str], obs: Mapping[str, NodeStatus]
+    ) -> str | None:
+        """The next reachable master after `after` in inventory order, preferring
+        ones not marked failed."""
+        start = self.masters.index(after) + 1 if after in self.masters else 0
+        order = [self.masters[(start + i) % len(self.masters)] for i in range(len(self.masters))]
+        candidates = [m for m in order if m != after and _st(obs, m).reachable]
+        fresh = [m for m in candidates if m not in failed]
+        return (fresh or candidates or [None])[0]
+
+    def _place_fresh(
+        self, obs: Mapping[str, NodeStatus], running: list[str], failed: tuple[str, ...]
+    ) -> Plan:
+        if running:
+            serving = [m for m in running if _st(obs, m).serving]
+            keep = (serving or running)[0]
+            others = tuple(m for m in running if m != keep)
+            return Plan(
+                f"no placement recorded: adopt the scheduler on {keep}",
+                place=keep,
+                failed_nodes=failed,
+                stop=others,
+            )
+        target = self._next_master(None, failed, obs)
+        if target is None:
+            return Plan("no placement recorded and no master reachable")
+        return Plan(
+            f"no placement recorded: start on {target}",
+            place=target,
+            failed_nodes=failed,
+            start=target,
+        )
+
+    def _move(
+        self,
+        source: str,
+        failed: tuple[str, ...],
+        obs: Mapping[str, NodeStatus],
+        running: list[str],
+        why: str,
+    ) -> Plan:
+        target = self._next_master(source, failed, obs)
+        if target is None:
+            return Plan(
+                f"{why}; no other master reachable: keep waiting",
+                stop=tuple(m for m in running if m != source),
+            )
+        self.attempts.pop(target, None)
+        marked = tuple(dict.fromkeys((*failed, source)))
+        return Plan(
+            f"{why}: move to {target}",
+            place=target,
+            failed_nodes=marked,
+            stop=tuple(m for m in running if m != target),
+            start=target,
+        )
+
+    def _failover(
+        self,
+        requested: str,
+        placed: str | None,
+        failed: tuple[str, ...],
+        obs: Mapping[str, NodeStatus],
+        running: list[str],
+    ) -> Plan:
+        if requested and requested not in self.masters:
+            return Plan(f"failover to {requested} refused: not a master", clear_failover=True)
+        target = requested or self._next_master(placed, failed, obs)
+        if target is None or not _st(obs, target).reachable:
+            return Plan(f"failover to {target} refused: unreachable", clear_failover=True)
+        self.attempts.pop(target, None)
+        stops = tuple(m for m in running if m != target)
+        if target == placed:
+            return Plan(
+                f"failover: scheduler already placed on {target}",
+                stop=stops,
+                start=None if _st(obs, target).running else target,
+                clear_failover=True,
+            )
+        return Plan(
+            f"failover requested: move from {placed} to {target}",
+            place=target,
+            failed_nodes=tuple(n for n in failed if n != target),
+            stop=stops,
+            start=target,
+            clear_failover=True,
+        )
+
+
+def _st(obs: Mapping[str, NodeStatus], node: str) -> NodeStatus:
+    return obs.get(node) or NodeStatus(node, reachable=False, error="not observed")

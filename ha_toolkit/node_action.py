@@ -1,0 +1,185 @@
+#!/usr/bin/python3
+"""Node side of every scheduler action: status, start, stop, restart.
+
+Installed on each master as ``/usr/local/libexec/ha-toolkit/node-action``
+(root-owned; the controller's user may run exactly this through sudo) and run
+by the runtime playbooks. Standard library only: it runs with the node's
+``/usr/bin/python3``, not the controller's virtualenv.
+
+Fencing token: start, stop and restart carry the epoch of the controller that
+asks. Under an exclusive lock on the state file, the node compares it with the
+highest epoch it has seen, refuses a lower one, records a higher one, and only
+then acts, so a deposed ACTIVE can never act after its successor has.
+``--epoch local`` marks a stop the node's own controller decided (self-fencing):
+stopping is always safe, so it skips the check.
+
+Prints one JSON object: the unit's state after the action, whether anything
+changed, and whether the action was refused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+STATE_DIR = "/var/lib/ha-toolkit"
+EPOCH_FILE = "epoch"
+# States in which the unit may be running code: a scheduler counts as present
+# in all of them (safety first: "deactivating" can still schedule).
+RUNNING_STATES = {"active", "activating", "deactivating", "reloading", "refreshing"}
+
+
+def unit_state(unit: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            "systemctl",
+            "show",
+            unit,
+            "--property=ActiveState,SubState,MainPID,LoadState,InactiveExitTimestampMonotonic",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout
+    props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+    active_state = props.get("ActiveState", "unknown")
+    running = active_state in RUNNING_STATES
+    # How long ago the unit left "inactive" (began starting), on this node's own
+    # clock: lets the controller tell a scheduler still starting up from a hung one.
+    started_usec = int(props.get("InactiveExitTimestampMonotonic", "0") or 0)
+    since_start = time.monotonic() - started_usec / 1e6 if running and started_usec else None
+    return {
+        "active_state": active_state,
+        "sub_state": props.get("SubState", "unknown"),
+        "main_pid": int(props.get("MainPID", "0") or 0),
+        "loaded": props.get("LoadState") == "loaded",
+        "running": running,
+        "since_start": None if since_start is None else round(since_start, 3),
+    }
+
+
+def health(url: str | None, timeout: float = 2.0) -> bool | None:
+    """True/False from the health URL; None when no URL is configured."""
+    if not url:
+        return None
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return 200 <= int(response.status) < 300
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def read_epoch(state_dir: str) -> int:
+    try:
+        with open(os.path.join(state_dir, EPOCH_FILE)) as f:
+            return int(f.read().strip() or 0)
+    except FileNotFoundError:
+        return 0
+
+
+class Fence:
+    """Holds the node's fencing lock for the duration of one action."""
+
+    def __init__(self, state_dir: str) -> None:
+        os.makedirs(state_dir, mode=0o755, exist_ok=True)
+        self.state_dir = state_dir
+        self.lock = open(os.path.join(state_dir, "epoch.lock"), "a")  # noqa: SIM115
+        fcntl.flock(self.lock, fcntl.LOCK_EX)
+
+    def admit(self, epoch: int) -> tuple[bool, int]:
+        """(admitted, highest epoch seen before this call); records a higher epoch."""
+        seen = read_epoch(self.state_dir)
+        if epoch < seen:
+            return False, seen
+        if epoch > seen:
+            path = os.path.join(self.state_dir, EPOCH_FILE)
+            tmp = path + ".tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{epoch}\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        return True, seen
+
+    def close(self) -> None:
+        self.lock.close()
+
+
+def systemctl(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["systemctl", *args], capture_output=True, text=True, check=False)
+
+
+def wait_stopped(unit: str, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not unit_state(unit)["running"]:
+            return True
+        time.sleep(0.1)
+    return not unit_state(unit)["running"]
+
+
+def stop(unit: str, stop_timeout: float) -> bool:
+    """Graceful stop, then SIGKILL after stop_timeout. True if anything changed."""
+    if not unit_state(unit)["running"]:
+        return False
+    systemctl("stop", "--no-block", unit)
+    if not wait_stopped(unit, stop_timeout):
+        systemctl("kill", "--signal=SIGKILL", unit)
+        wait_stopped(unit, 10)
+    return True
+
+
+def start(unit: str) -> bool:
+    if unit_state(unit)["running"]:
+        return False
+    systemctl("reset-failed", unit)
+    # --no-block: readiness is the controller's business (it polls health), and
+    # a unit stuck "activating" must not hold the node's fencing lock.
+    systemctl("start", "--no-block", unit)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="node-action")
+    parser.add_argument("action", choices=["status", "start", "stop", "restart"])
+    parser.add_argument("--unit", required=True)
+    parser.add_argument("--epoch", default=None, help="fencing epoch, or 'local' for self-fencing")
+    parser.add_argument("--health-url", default=None)
+    parser.add_argument("--stop-timeout", type=float, default=30.0)
+    parser.add_argument("--state-dir", default=STATE_DIR)
+    args = parser.parse_args(argv)
+
+    result: dict[str, Any] = {"action": args.action, "changed": False, "refused": False}
+    if args.action != "status":
+        if args.epoch is None:
+            parser.error(f"{args.action} needs --epoch")
+        fence = Fence(args.state_dir)
+        try:
+            if args.epoch != "local":
+                admitted, seen = fence.admit(int(args.epoch))
+                if not admitted:
+                    result.update(refused=True, message=f"refused: epoch {args.epoch} < {seen}")
+            if not result["refused"]:
+                if args.action in ("stop", "restart"):
+                    result["changed"] = stop(args.unit, args.stop_timeout)
+                if args.action in ("start", "restart"):
+                    result["changed"] = start(args.unit) or result["changed"]
+        finally:
+            fence.close()
+    result.update(unit_state(args.unit))
+    result["healthy"] = health(args.health_url) if result["running"] else False
+    result["epoch_seen"] = read_epoch(args.state_dir)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
