@@ -125,7 +125,8 @@ class Decider:
         order = [self.masters[(start + i) % len(self.masters)] for i in range(len(self.masters))]
         candidates = [m for m in order if m != after and _st(obs, m).reachable]
         fresh = [m for m in candidates if m not in failed]
-        return (fresh or candidates or [None])[0]
+        chosen = fresh or candidates
+        return chosen[0] if chosen else None
 
     def _place_fresh(
         self, obs: Mapping[str, NodeStatus], running: list[str], failed: tuple[str, ...]

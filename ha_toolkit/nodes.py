@@ -109,7 +109,7 @@ def _short(res: dict[str, Any]) -> str:
 
 def run_playbook(
     playbook: str | Path,
-    inventory: str | Path,
+    inventory: str | Path | dict[str, Any],
     *,
     limit: str | None = None,
     extravars: dict[str, Any] | None = None,
@@ -118,7 +118,8 @@ def run_playbook(
     data_dir: str | Path | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> PlaybookResult:
-    """Run `playbook` (a path, or a name under ha_toolkit/playbooks) against `inventory`."""
+    """Run `playbook` (a path, or a name under ha_toolkit/playbooks) against `inventory`
+    (a file, or an inventory mapping)."""
     path = Path(playbook)
     if not path.is_absolute() and not path.exists():
         path = PLAYBOOK_DIR / path
@@ -137,7 +138,7 @@ def run_playbook(
         runner = ansible_runner.run(
             private_data_dir=private,
             playbook=str(path),
-            inventory=str(Path(inventory).resolve()),
+            inventory=inventory if isinstance(inventory, dict) else str(Path(inventory).resolve()),
             limit=limit,
             extravars=extravars or {},
             forks=forks,

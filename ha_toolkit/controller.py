@@ -1,0 +1,318 @@
+"""The control loop: one :meth:`Controller.cycle` = read, fence, lease, observe, act.
+
+Every controller, ACTIVE or STANDBY, runs the same cycle:
+
+1. feed the systemd watchdog (a hung loop stops feeding it; systemd then kills
+   the controller and, through BindsTo, its local scheduler);
+2. note whether the local scheduler runs, then read the cluster record;
+3. self-fence: stop the local scheduler if the record names another node, or
+   if the record has not confirmed this node for ``fence_after`` seconds;
+4. STANDBY: try to take the lease. ACTIVE: renew it, or step down at once;
+5. ACTIVE and not paused: observe all masters in one playbook run, decide
+   (decisions.py), act, each action bounded by what remains of the lease.
+
+Guarantees and assumptions are in docs/design.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from ha_toolkit.alerts import Alerter, IncidentTracker
+from ha_toolkit.config import Config, move_wait
+from ha_toolkit.decisions import Decider, Plan
+from ha_toolkit.local import LocalScheduler, sd_notify, watchdog_interval
+from ha_toolkit.metastore import ClusterRecord, Event, Lease, LeaseLost, Metastore, MetastoreError
+from ha_toolkit.metrics import Metrics
+from ha_toolkit.nodes import NodeStatus, SchedulerNodes
+
+log = logging.getLogger("ha_toolkit.controller")
+
+# Stop acting this long before the lease's local deadline: covers the time one
+# metastore round trip or node action may overrun its own timeout.
+LEASE_MARGIN = 1.0
+
+
+class SteppedDown(Exception):
+    """Leadership was lost in the middle of a cycle."""
+
+
+@dataclass
+class Leadership:
+    lease: Lease
+    decider: Decider
+
+
+class Controller:
+    def __init__(
+        self,
+        config: Config,
+        store: Metastore,
+        nodes: SchedulerNodes,
+        local: LocalScheduler,
+        alerter: Alerter | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.me = config.node_name
+        self.t = config.timings
+        self.store = store
+        self.nodes = nodes
+        self.local = local
+        self.alerter = alerter or Alerter(config.alerts)
+        self.metrics = metrics or Metrics(None)
+        self.clock = clock
+        self.incidents = IncidentTracker(config.alerts.after_failed_polls)
+        self.leader: Leadership | None = None
+        self.confirmed_at: float | None = None  # last read naming this node (send time)
+        self.move_wait = move_wait(self.t)
+        self.stopping = threading.Event()
+        self.watchdog = watchdog_interval()
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(self) -> None:
+        log.info(
+            "controller %s starting (poll %.1f s, lease %.1f s, fence after %.1f s)",
+            self.me,
+            self.t.poll_interval,
+            self.t.lease_ttl,
+            self.t.fence_after,
+        )
+        sd_notify("READY=1")
+        try:
+            while not self.stopping.is_set():
+                started = self.clock()
+                self.cycle()
+                self.stopping.wait(max(0.0, self.next_wakeup(started) - self.clock()))
+        finally:
+            self.shutdown()
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def next_wakeup(self, cycle_started: float) -> float:
+        wake = cycle_started + self.t.poll_interval
+        if self.confirmed_at is not None and self.local.running():
+            # Wake exactly when this node's right to run the scheduler lapses.
+            wake = min(wake, self.confirmed_at + self.t.fence_after)
+        if self.watchdog:
+            wake = min(wake, self.clock() + self.watchdog / 3)
+        return wake
+
+    def shutdown(self) -> None:
+        sd_notify("STOPPING=1")
+        if self.leader is not None:
+            try:
+                self.store.release(self.leader.lease)
+                log.info("released the lease (epoch %d) on shutdown", self.leader.lease.epoch)
+            except MetastoreError as exc:
+                log.warning("could not release the lease on shutdown: %s", exc)
+            self.leader = None
+        self.store.close()
+        self.metrics.close()
+
+    def ping_watchdog(self) -> None:
+        if self.watchdog:
+            sd_notify("WATCHDOG=1")
+
+    # -- one cycle ---------------------------------------------------------------------------
+    def cycle(self) -> None:
+        cycle_started = self.clock()
+        self.ping_watchdog()
+        record = self._read_and_fence()
+        self._hold_lease()
+        if self.leader is not None and record is not None:
+            if record.paused:
+                self.metrics.set_paused(True)
+                log.debug("paused: taking no node action")
+                self._finish_poll(record, Plan("paused"))
+            else:
+                self.metrics.set_paused(False)
+                try:
+                    self._poll_active(record)
+                except SteppedDown as exc:
+                    self._step_down(str(exc))
+            self.metrics.observe_poll(self.clock() - cycle_started)
+
+    def _read_and_fence(self) -> ClusterRecord | None:
+        # Observe the unit BEFORE sending the read: a scheduler seen running then,
+        # with a record read afterwards that names another node, was not started
+        # for a placement the read might have missed.
+        local_running = self.local.running()
+        sent = self.clock()
+        try:
+            record = self.store.read()
+            self.store.heartbeat(self.me)
+        except MetastoreError as exc:
+            log.warning("metastore unreachable: %s", exc)
+            record = None
+        if record is not None and record.scheduler_node == self.me:
+            self.confirmed_at = sent
+        if local_running:
+            if record is not None and record.scheduler_node != self.me:
+                self._fence(f"the placement names {record.scheduler_node or 'no node'}")
+            elif record is None and (
+                self.confirmed_at is None or self.clock() - self.confirmed_at > self.t.fence_after
+            ):
+                self._fence(f"placement not confirmed for over {self.t.fence_after:.0f} s")
+        return record
+
+    def _fence(self, reason: str) -> None:
+        stopped = self.local.fence(reason)
+        self._event("self-fence", self.me, f"{'stopped' if stopped else 'FAILED'}: {reason}")
+
+    def _hold_lease(self) -> None:
+        if self.leader is not None:
+            try:
+                lease = self.store.renew(self.leader.lease)
+            except MetastoreError as exc:
+                self.metrics.count_renew_failure()
+                self._step_down(f"lease renew failed: {exc}")
+                return
+            self.leader.lease = lease
+            return
+        try:
+            lease = self.store.acquire(self.me, self.t.lease_ttl)
+        except MetastoreError as exc:
+            log.debug("cannot try the lease: %s", exc)
+            return
+        if lease is None:
+            return
+        decider = Decider(self.nodes.masters, self.t.start_timeout, self.move_wait)
+        # Whatever the placement is, we have known it only since now: a node we
+        # cannot observe gets the full move_wait to notice and fence itself.
+        decider.placement_written(self.clock())
+        self.leader = Leadership(lease, decider)
+        self.incidents.reset()
+        self.metrics.set_role(True)
+        self.metrics.set_epoch(lease.epoch)
+        log.info("became ACTIVE with epoch %d", lease.epoch)
+        self._event("became-active", None, "ok")
+
+    def _step_down(self, reason: str) -> None:
+        if self.leader is None:
+            return
+        log.warning("stepping down from ACTIVE (epoch %d): %s", self.leader.lease.epoch, reason)
+        self.leader = None
+        self.incidents.reset()
+        self.metrics.set_role(False)
+
+    # -- the ACTIVE's poll ---------------------------------------------------------------------
+    def _budget(self) -> float:
+        """Seconds the next action may take; raises SteppedDown when the lease is too short."""
+        assert self.leader is not None
+        remaining = self.leader.lease.remaining(self.clock()) - LEASE_MARGIN
+        if remaining <= 0:
+            raise SteppedDown("lease expired by our own clock")
+        return remaining
+
+    def _cancel_check(self) -> Callable[[], bool]:
+        """Called by ansible-runner while a playbook runs: keep the watchdog fed and
+        abort when the lease runs out."""
+
+        def cancel() -> bool:
+            self.ping_watchdog()
+            return self.leader is None or self.leader.lease.remaining(self.clock()) < LEASE_MARGIN
+
+        return cancel
+
+    def _run_nodes(
+        self, actions: dict[str, str], hosts: list[str] | None = None
+    ) -> dict[str, NodeStatus]:
+        assert self.leader is not None
+        budget = self._budget()
+        epoch = self.leader.lease.epoch
+        statuses = self.nodes.run(
+            actions, epoch, timeout=budget, hosts=hosts, cancel=self._cancel_check()
+        )
+        for node, action in actions.items():
+            st = statuses.get(node)
+            result = "refused" if st and st.refused else ("ok" if st and st.reachable else "error")
+            self.metrics.count_action(action, result)
+            detail = st.error if st and st.error else (st.active_state if st else "no result")
+            self._event(action, node, f"{result}: {detail}")
+            if st and st.refused:
+                log.error("%s on %s refused by the node: %s", action, node, st.error)
+        return statuses
+
+    def _poll_active(self, record: ClusterRecord) -> None:
+        assert self.leader is not None
+        decider = self.leader.decider
+        obs = self._run_nodes({})
+        self.metrics.set_scheduler_up({n: s.serving for n, s in obs.items()})
+        plan = decider.plan(record, obs, self.clock())
+        if plan.acts:
+            log.info("decision: %s", plan.reason)
+        else:
+            log.debug("decision: %s", plan.reason)
+
+        if plan.place is not None:
+            self._budget()
+            try:
+                self.store.write_placement(self.leader.lease, plan.place, plan.failed_nodes)
+            except LeaseLost as exc:
+                raise SteppedDown(f"placement write refused: {exc}") from exc
+            if plan.place != record.scheduler_node:
+                decider.placement_written(self.clock())
+                self.metrics.count_failover()
+                self._event("place", plan.place, f"ok: {plan.reason}")
+            record = _with_placement(record, plan.place)
+
+        actions = {node: "stop" for node in plan.stop}
+        if plan.restart:
+            actions[plan.restart] = "restart"
+        if actions:
+            obs = {**obs, **self._run_nodes(actions, hosts=list(actions))}
+            if plan.restart:
+                decider.started(plan.restart, self.clock())
+
+        if plan.start:
+            if decider.safe_to_start(plan.start, obs, self.clock()):
+                obs = {**obs, **self._run_nodes({plan.start: "start"}, hosts=[plan.start])}
+                decider.started(plan.start, self.clock())
+            else:
+                wait = decider.placement_since + self.move_wait - self.clock()
+                log.info(
+                    "not starting on %s yet: a master may still run a scheduler "
+                    "(unreachable or not confirmed stopped); %.1f s of the move wait left",
+                    plan.start,
+                    wait,
+                )
+        self._finish_poll(record, plan, obs)
+
+    def _finish_poll(
+        self, record: ClusterRecord, plan: Plan, obs: dict[str, NodeStatus] | None = None
+    ) -> None:
+        assert self.leader is not None
+        try:
+            self.store.finish_poll(self.leader.lease, clear_failover=plan.clear_failover)
+        except LeaseLost as exc:
+            self._step_down(f"poll record refused: {exc}")
+            return
+        except MetastoreError as exc:
+            log.warning("could not record the poll: %s", exc)
+        if obs is None:
+            return
+        placed = record.scheduler_node
+        healthy = placed is not None and placed in obs and obs[placed].serving
+        notice = self.incidents.observe(bool(healthy), plan.reason, node=placed)
+        if notice is not None:
+            log.warning("%s: %s", notice.subject, notice.body)
+            errors = self.alerter.send(notice.subject, notice.body)
+            self._event(f"alert-{notice.kind}", placed, "; ".join(errors) or "sent")
+
+    def _event(self, action: str, node: str | None, result: str) -> None:
+        epoch = self.leader.lease.epoch if self.leader else 0
+        try:
+            self.store.append_event(Event(self.me, epoch, action, node, result))
+        except MetastoreError as exc:
+            log.debug("event not recorded (%s): %s %s %s", exc, action, node, result)
+
+
+def _with_placement(record: ClusterRecord, node: str) -> ClusterRecord:
+    return replace(record, scheduler_node=node)

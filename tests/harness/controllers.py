@@ -1,0 +1,243 @@
+"""Controllers running inside node containers, as in production, and an
+independent observer of where schedulers run.
+
+The metastore servers listen on the test network's gateway, so cutting a node
+off the network cuts its controller off the metastore too.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .cluster import Cluster, Node
+from .procs import wait_for
+
+CONFIG_DIR = "/etc/ha-toolkit"
+UNIT = "airflow-scheduler"
+CONTROLLER_UNIT = "ha-toolkit-controller"
+
+CONTROLLER_SERVICE = """[Unit]
+Description=ha-toolkit failover controller (test)
+
+[Service]
+Type=notify
+NotifyAccess=main
+ExecStart=/opt/ha-toolkit/bin/ha-toolkit controller run --config /etc/ha-toolkit/controller.yml
+WatchdogSec={watchdog}
+Restart=on-failure
+RestartSec=1
+Environment=ANSIBLE_HOME=/var/lib/ha-toolkit/ansible
+Environment=HOME=/root
+"""
+
+FAST_TIMINGS = {
+    "poll_interval": 1.0,
+    "lease_ttl": 4.0,
+    "fence_after": 3.0,
+    "start_timeout": 6.0,
+    "stop_timeout": 3.0,
+    "watchdog": 2.0,
+    "clock_drift": 0.05,
+}
+
+
+def scheduler_cgroup_path(node: Node, unit: str = UNIT) -> Path:
+    """The unit's cgroup as the host sees it (nodes share the host's cgroup tree)."""
+    node.container.reload()
+    cid = node.container.id
+    return Path(f"/sys/fs/cgroup/systemd/docker/{cid}/system.slice/{unit}.service/cgroup.procs")
+
+
+@dataclass
+class Observer:
+    """Samples every node's scheduler cgroup from the host every `interval`
+    seconds. Independent of the controllers: it reads kernel state, not theirs."""
+
+    nodes: list[Node]
+    interval: float = 0.05
+    samples: int = 0
+    overlaps: list[tuple[float, list[str]]] = field(default_factory=list)
+    last: list[str] = field(default_factory=list)
+    _paths: dict[str, Path] = field(default_factory=dict)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def running(self) -> list[str]:
+        names = []
+        for node in self.nodes:
+            path = self._paths.setdefault(node.name, scheduler_cgroup_path(node))
+            try:
+                if path.read_text().strip():
+                    names.append(node.name)
+            except OSError:
+                pass  # no cgroup: the unit is not running (or the node is down)
+        return names
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            now = time.monotonic()
+            names = self.running()
+            self.samples += 1
+            self.last = names
+            if len(names) > 1:
+                self.overlaps.append((now, names))
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="observer")
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(5)
+
+    def wait_single(self, timeout: float, not_on: str | None = None) -> str:
+        """Wait until exactly one node runs a scheduler (optionally not `not_on`)."""
+        found: list[str] = []
+
+        def single() -> bool:
+            found[:] = self.running()
+            return len(found) == 1 and found[0] != not_on
+
+        wait_for(
+            single,
+            timeout,
+            f"exactly one scheduler{f' off {not_on}' if not_on else ''}",
+            interval=0.1,
+        )
+        return found[0]
+
+
+class ControllerCluster:
+    """`cluster` nodes each running `ha-toolkit controller run` under systemd."""
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        metastore: dict[str, Any],
+        password: str,
+        timings: dict[str, float] | None = None,
+    ) -> None:
+        self.cluster = cluster
+        self.metastore = metastore
+        self.password = password
+        self.timings = {**FAST_TIMINGS, **(timings or {})}
+        self.observer = Observer(cluster.nodes)
+
+    def install(self) -> None:
+        inventory = yaml.safe_load(self.cluster.inventory.read_text())
+        inventory["all"]["vars"].update(
+            {
+                "ansible_ssh_private_key_file": f"{CONFIG_DIR}/id_ed25519",
+                "ansible_ssh_common_args": self.cluster.ssh_args().replace(
+                    str(self.cluster.known_hosts), f"{CONFIG_DIR}/known_hosts"
+                ),
+            }
+        )
+        key = self.cluster.key.read_bytes()
+        for node in self.cluster.nodes:
+            node.put_file(f"{CONFIG_DIR}/id_ed25519", key, 0o600)
+            node.put_file(f"{CONFIG_DIR}/known_hosts", self.cluster.known_hosts.read_bytes())
+            node.put_file(f"{CONFIG_DIR}/inventory.yml", yaml.safe_dump(inventory).encode())
+            node.put_file(f"{CONFIG_DIR}/metastore.password", self.password.encode(), 0o600)
+            self.write_config(node)
+            node.put_file(
+                f"/etc/systemd/system/{CONTROLLER_UNIT}.service",
+                CONTROLLER_SERVICE.format(watchdog=self.timings["watchdog"]).encode(),
+            )
+            node.exec("systemctl daemon-reload")
+
+    def config(self, node: Node) -> dict[str, Any]:
+        return {
+            "node_name": node.name,
+            "inventory": f"{CONFIG_DIR}/inventory.yml",
+            "masters_group": "masters",
+            "metastore": {**self.metastore, "password_file": f"{CONFIG_DIR}/metastore.password"},
+            "timings": self.timings,
+            "service": {"unit": UNIT, "health_url": "http://127.0.0.1:8974/health"},
+            "logging": {"level": "DEBUG"},
+        }
+
+    def write_config(self, node: Node) -> None:
+        node.put_file(
+            f"{CONFIG_DIR}/controller.yml",
+            yaml.safe_dump(self.config(node), sort_keys=False).encode(),
+            0o600,
+        )
+
+    def start(self, names: list[str] | None = None) -> None:
+        for node in self.cluster.nodes:
+            if names is None or node.name in names:
+                node.exec(f"systemctl start --no-block {CONTROLLER_UNIT}")
+
+    def controller_pid(self, name: str) -> int:
+        _, out = self.cluster.node(name).exec(
+            f"systemctl show -p MainPID --value {CONTROLLER_UNIT}", check=False
+        )
+        return int(out.strip() or 0)
+
+    def signal_controller(self, name: str, sig: str) -> None:
+        pid = self.controller_pid(name)
+        assert pid, f"no controller runs on {name}"
+        self.cluster.node(name).exec(f"kill -s {sig} {pid}")
+
+    def ha(self, name: str, args: str, check: bool = True) -> tuple[int, str]:
+        """Run the `ha-toolkit` CLI on a node."""
+        return self.cluster.node(name).exec(
+            f"/opt/ha-toolkit/bin/ha-toolkit --config {CONFIG_DIR}/controller.yml {args}",
+            check=check,
+        )
+
+    def journal(self, name: str, lines: int = 200) -> str:
+        _, out = self.cluster.node(name).exec(
+            f"journalctl -u {CONTROLLER_UNIT} --no-pager -n {lines}", check=False
+        )
+        return out
+
+    def active_controller(self) -> str | None:
+        code, out = self.ha(self.cluster.nodes[0].name, "get-current-host --json", check=False)
+        if code != 0:
+            return None
+        import json
+
+        value = json.loads(out).get("active")
+        return str(value) if value else None
+
+    def wait_active(self, timeout: float, not_on: str | None = None) -> str:
+        found: list[str] = []
+
+        def active() -> bool:
+            name = self.active_controller()
+            found[:] = [name] if name else []
+            return bool(name) and name != not_on
+
+        wait_for(active, timeout, "an ACTIVE controller", interval=0.2)
+        return found[0]
+
+    def dump_logs(self) -> str:
+        return "\n".join(
+            f"===== {n.name} =====\n{self.journal(n.name)}" for n in self.cluster.nodes
+        )
+
+    @contextmanager
+    def observed(self) -> Iterator[Observer]:
+        """Run the observer for the body; fail on any sampled instant with two schedulers."""
+        self.observer = Observer(self.cluster.nodes)
+        self.observer.start()
+        try:
+            yield self.observer
+        finally:
+            self.observer.stop()
+        assert self.observer.samples > 0
+        assert not self.observer.overlaps, (
+            f"two schedulers at once: {self.observer.overlaps[:5]}\n{self.dump_logs()}"
+        )
