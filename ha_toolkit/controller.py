@@ -303,8 +303,15 @@ class Controller:
         notice = self.incidents.observe(bool(healthy), plan.reason, node=placed)
         if notice is not None:
             log.warning("%s: %s", notice.subject, notice.body)
-            errors = self.alerter.send(notice.subject, notice.body)
-            self._event(f"alert-{notice.kind}", placed, "; ".join(errors) or "sent")
+            self._event(f"alert-{notice.kind}", placed, notice.subject)
+            # Delivery may block for the SMTP/webhook timeouts: never on the loop
+            # that feeds the watchdog and renews the lease.
+            threading.Thread(target=self._deliver, args=(notice.subject, notice.body),
+                             daemon=True, name="alert").start()
+
+    def _deliver(self, subject: str, body: str) -> None:
+        for error in self.alerter.send(subject, body):
+            log.error("alert not delivered: %s", error)
 
     def _event(self, action: str, node: str | None, result: str) -> None:
         epoch = self.leader.lease.epoch if self.leader else 0

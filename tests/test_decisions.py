@@ -1,0 +1,140 @@
+"""Unit tests of the placement rules (decisions.py): no services, a fake clock."""
+
+from __future__ import annotations
+
+from ha_toolkit.decisions import Decider
+from ha_toolkit.metastore import ClusterRecord
+from ha_toolkit.nodes import NodeStatus
+
+MASTERS = ["m1", "m2", "m3"]
+
+
+def up(node: str, healthy: bool | None = True, since: float = 100.0) -> NodeStatus:
+    return NodeStatus(node, reachable=True, running=True, healthy=healthy, since_start=since)
+
+
+def down(node: str) -> NodeStatus:
+    return NodeStatus(node, reachable=True, running=False, healthy=False)
+
+
+def gone(node: str) -> NodeStatus:
+    return NodeStatus(node, reachable=False, error="unreachable")
+
+
+def obs(*statuses: NodeStatus) -> dict[str, NodeStatus]:
+    return {s.node: s for s in statuses}
+
+
+def decider() -> Decider:
+    return Decider(MASTERS, start_timeout=10.0, move_wait=30.0)
+
+
+def test_steady_state_does_nothing() -> None:
+    plan = decider().plan(
+        ClusterRecord(scheduler_node="m1"), obs(up("m1"), down("m2"), down("m3")), 0
+    )
+    assert not plan.acts
+
+
+def test_no_placement_adopts_the_single_running_scheduler() -> None:
+    plan = decider().plan(ClusterRecord(), obs(down("m1"), up("m2"), down("m3")), 0)
+    assert plan.place == "m2" and plan.start is None and plan.stop == ()
+
+
+def test_no_placement_several_running_keeps_first_serving_and_stops_others() -> None:
+    plan = decider().plan(ClusterRecord(), obs(up("m1", healthy=False), up("m2"), up("m3")), 0)
+    assert plan.place == "m2"
+    assert set(plan.stop) == {"m1", "m3"}
+
+
+def test_no_placement_nothing_running_starts_on_first_reachable() -> None:
+    plan = decider().plan(ClusterRecord(), obs(gone("m1"), down("m2"), down("m3")), 0)
+    assert plan.place == "m2" and plan.start == "m2"
+
+
+def test_dead_scheduler_is_started_in_place_once_then_moved() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 0)
+    assert plan.start == "m1" and plan.place is None
+    d.started("m1", 0)
+    plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 2)
+    assert plan.place == "m2" and plan.start == "m2" and plan.failed_nodes == ("m1",)
+
+
+def test_starting_scheduler_is_left_alone_until_start_timeout() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    starting = up("m1", healthy=False, since=3.0)
+    assert not d.plan(record, obs(starting, down("m2"), down("m3")), 0).acts
+    hung = up("m1", healthy=False, since=30.0)
+    plan = d.plan(record, obs(hung, down("m2"), down("m3")), 0)
+    assert plan.restart == "m1"
+    d.started("m1", 0)
+    assert not d.plan(record, obs(up("m1", False, 1.0), down("m2"), down("m3")), 5).acts
+    plan = d.plan(record, obs(up("m1", False, 11.0), down("m2"), down("m3")), 11)
+    assert plan.place == "m2" and plan.stop == ("m1",)
+
+
+def test_recovered_node_is_cleared_from_failed_nodes() -> None:
+    record = ClusterRecord(scheduler_node="m2", failed_nodes=("m1", "m2"))
+    plan = decider().plan(record, obs(down("m1"), up("m2"), down("m3")), 0)
+    assert plan.place == "m2" and plan.failed_nodes == ("m1",)
+
+
+def test_unreachable_scheduler_node_moves_to_next_master() -> None:
+    plan = decider().plan(
+        ClusterRecord(scheduler_node="m2"), obs(down("m1"), gone("m2"), down("m3")), 0
+    )
+    assert plan.place == "m3" and plan.start == "m3" and plan.failed_nodes == ("m2",)
+
+
+def test_move_skips_failed_nodes_but_uses_them_as_last_resort() -> None:
+    record = ClusterRecord(scheduler_node="m1", failed_nodes=("m2",))
+    plan = decider().plan(record, obs(gone("m1"), down("m2"), down("m3")), 0)
+    assert plan.place == "m3"
+    record = ClusterRecord(scheduler_node="m1", failed_nodes=("m2", "m3"))
+    plan = decider().plan(record, obs(gone("m1"), down("m2"), down("m3")), 0)
+    assert plan.place == "m2"
+
+
+def test_nothing_reachable_keeps_waiting() -> None:
+    plan = decider().plan(
+        ClusterRecord(scheduler_node="m1"), obs(gone("m1"), gone("m2"), gone("m3")), 0
+    )
+    assert plan.place is None and plan.start is None
+
+
+def test_strays_are_stopped() -> None:
+    plan = decider().plan(
+        ClusterRecord(scheduler_node="m1"), obs(up("m1"), up("m2"), down("m3")), 0
+    )
+    assert plan.stop == ("m2",) and plan.place is None and plan.start is None
+
+
+def test_failover_request_moves_and_clears() -> None:
+    record = ClusterRecord(scheduler_node="m1", failover_to="m3")
+    plan = decider().plan(record, obs(up("m1"), down("m2"), down("m3")), 0)
+    assert (plan.place, plan.stop, plan.start, plan.clear_failover) == ("m3", ("m1",), "m3", True)
+
+
+def test_failover_to_next_master() -> None:
+    record = ClusterRecord(scheduler_node="m3", failover_to="")
+    plan = decider().plan(record, obs(down("m1"), down("m2"), up("m3")), 0)
+    assert plan.place == "m1"
+
+
+def test_failover_to_unknown_or_unreachable_is_refused_and_cleared() -> None:
+    for target, status in (("m9", down("m2")), ("m2", gone("m2"))):
+        record = ClusterRecord(scheduler_node="m1", failover_to=target)
+        plan = decider().plan(record, obs(up("m1"), status, down("m3")), 0)
+        assert plan.clear_failover and plan.place is None and "refused" in plan.reason
+
+
+def test_start_is_safe_only_when_others_are_seen_stopped_or_after_move_wait() -> None:
+    d = decider()
+    d.placement_written(100.0)
+    assert d.safe_to_start("m2", obs(down("m1"), down("m2"), down("m3")), 100.0)
+    assert not d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 100.0)
+    assert not d.safe_to_start("m2", obs(up("m1"), down("m2"), down("m3")), 129.9)
+    assert d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 130.0)
