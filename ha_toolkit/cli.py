@@ -45,8 +45,9 @@ class UsageError(Exception):
 def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
     cells = [[str(c) for c in header], *[["-" if c is None else str(c) for c in r] for r in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-             for row in cells]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    ]
     return "\n".join(lines)
 
 
@@ -79,7 +80,7 @@ def _record_dict(record: ClusterRecord) -> dict[str, Any]:
 # -- commands -----------------------------------------------------------------------------------
 def cmd_controller_run(config: Config, args: argparse.Namespace) -> int:
     from ha_toolkit.controller import Controller
-    from ha_toolkit.local import LocalScheduler
+    from ha_toolkit.local import LocalScheduler, watchdog_interval
     from ha_toolkit.metrics import Metrics
 
     nodes = _nodes(config)
@@ -87,6 +88,12 @@ def cmd_controller_run(config: Config, args: argparse.Namespace) -> int:
         raise UsageError(
             f"{config.inventory}: node_name {config.node_name!r} is not in group "
             f"{config.masters_group!r} (hosts: {', '.join(nodes.masters)})"
+        )
+    watchdog = watchdog_interval()
+    if watchdog is not None and watchdog >= config.timings.fence_after:
+        raise UsageError(
+            f"systemd WatchdogSec={watchdog:g} of the controller unit must be less than "
+            f"timings.fence_after ({config.timings.fence_after:g}) in {config.path}"
         )
     store = _open_store(config)
     controller = Controller(
@@ -112,8 +119,10 @@ def cmd_init(config_path: Path, args: argparse.Namespace) -> int:
             for warning in migration.warnings:
                 print(f"note: {warning}", file=sys.stderr)
             if migration.masters:
-                print("masters from airflow.cfg (put them in the inventory's masters group): "
-                      + ", ".join(migration.masters))
+                print(
+                    "masters from airflow.cfg (put them in the inventory's masters group): "
+                    + ", ".join(migration.masters)
+                )
         write_sample_config(config_path, values)
         print(f"wrote {config_path}: fill in the metastore and run `ha-toolkit init` again")
         return EXIT_OK
@@ -152,9 +161,14 @@ def cmd_test_connection(config: Config, args: argparse.Namespace) -> int:
 
 def _status_rows(statuses: dict[str, NodeStatus]) -> list[list[object]]:
     return [
-        [n, "yes" if s.running else "no", s.active_state, s.main_pid or None,
-         {True: "healthy", False: "unhealthy", None: "-"}[s.healthy] if s.running else None,
-         s.error or None]
+        [
+            n,
+            "yes" if s.running else "no",
+            s.active_state,
+            s.main_pid or None,
+            {True: "healthy", False: "unhealthy", None: "-"}[s.healthy] if s.running else None,
+            s.error or None,
+        ]
         for n, s in statuses.items()
     ]
 
@@ -165,7 +179,9 @@ def cmd_is_scheduler_running(config: Config, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({n: asdict(s) for n, s in statuses.items()})
     else:
-        print(_table(_status_rows(statuses), ["node", "running", "state", "pid", "health", "error"]))
+        print(
+            _table(_status_rows(statuses), ["node", "running", "state", "pid", "health", "error"])
+        )
     if len(running) > 1:
         return EXIT_SEVERAL
     return EXIT_OK if running else EXIT_FAILED
@@ -183,8 +199,13 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
         try:
             st = _nodes(config).run({}, 0, timeout=30, hosts=[record.scheduler_node])
             s = st[record.scheduler_node]
-            health = ("unreachable" if not s.reachable else "stopped" if not s.running
-                      else {True: "healthy", False: "unhealthy", None: "running"}[s.healthy])
+            health = (
+                "unreachable"
+                if not s.reachable
+                else "stopped"
+                if not s.running
+                else {True: "healthy", False: "unhealthy", None: "running"}[s.healthy]
+            )
         except InventoryError as exc:
             health = f"unknown ({exc})"
     if args.json:
@@ -194,11 +215,13 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
             data["events"] = [asdict(e) for e in events]
         _print_json(data)
         return EXIT_OK
-    rows = [
+    rows: list[list[object]] = [
         ["active controller", record.holder or "none"],
         ["epoch", record.epoch],
-        ["lease remaining", f"{record.lease_remaining:.1f} s"
-         if record.lease_remaining is not None else None],
+        [
+            "lease remaining",
+            f"{record.lease_remaining:.1f} s" if record.lease_remaining is not None else None,
+        ],
         ["scheduler node", record.scheduler_node or "none"],
         ["scheduler health", health],
         ["failed nodes", ", ".join(record.failed_nodes) or None],
@@ -210,8 +233,12 @@ def cmd_status(config: Config, args: argparse.Namespace) -> int:
     print(_table(rows, ["", ""]).split("\n", 1)[1])
     if args.history:
         print()
-        print(_table([[e.time, e.controller, e.epoch, e.action, e.node, e.result] for e in events],
-                     ["time", "controller", "epoch", "action", "node", "result"]))
+        print(
+            _table(
+                [[e.time, e.controller, e.epoch, e.action, e.node, e.result] for e in events],
+                ["time", "controller", "epoch", "action", "node", "result"],
+            )
+        )
     return EXIT_OK
 
 
@@ -236,8 +263,11 @@ def cmd_clear_metadata(config: Config, args: argparse.Namespace) -> int:
     try:
         record = store.read()
         if record.holder and not args.force:
-            print(f"refused: controller {record.holder} holds the lease "
-                  f"(epoch {record.epoch}); stop the controllers or use --force", file=sys.stderr)
+            print(
+                f"refused: controller {record.holder} holds the lease "
+                f"(epoch {record.epoch}); stop the controllers or use --force",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         store.clear()
     finally:
@@ -249,8 +279,10 @@ def cmd_clear_metadata(config: Config, args: argparse.Namespace) -> int:
 def cmd_failover(config: Config, args: argparse.Namespace) -> int:
     masters = _nodes(config).masters
     if args.to and args.to not in masters:
-        raise UsageError(f"--to {args.to}: not in group {config.masters_group!r} "
-                         f"of {config.inventory} (hosts: {', '.join(masters)})")
+        raise UsageError(
+            f"--to {args.to}: not in group {config.masters_group!r} "
+            f"of {config.inventory} (hosts: {', '.join(masters)})"
+        )
     store = _open_store(config)
     try:
         before = store.read()
@@ -258,8 +290,10 @@ def cmd_failover(config: Config, args: argparse.Namespace) -> int:
             print("refused: no ACTIVE controller to carry out the failover", file=sys.stderr)
             return EXIT_FAILED
         store.request_failover(args.to)
-        print(f"failover requested from {before.scheduler_node or 'none'} "
-              f"to {args.to or 'the next master'}")
+        print(
+            f"failover requested from {before.scheduler_node or 'none'} "
+            f"to {args.to or 'the next master'}"
+        )
         if args.wait <= 0:
             return EXIT_OK
         deadline = time.monotonic() + args.wait
@@ -267,12 +301,14 @@ def cmd_failover(config: Config, args: argparse.Namespace) -> int:
             record = store.read()
             if record.failover_to is None:
                 moved = record.scheduler_node != before.scheduler_node or (
-                    args.to is not None and record.scheduler_node == args.to)
+                    args.to is not None and record.scheduler_node == args.to
+                )
                 print(f"scheduler node is now {record.scheduler_node}")
                 return EXIT_OK if moved else EXIT_FAILED
             time.sleep(0.2)
-        print(f"the ACTIVE did not carry out the failover within {args.wait:.0f} s",
-              file=sys.stderr)
+        print(
+            f"the ACTIVE did not carry out the failover within {args.wait:.0f} s", file=sys.stderr
+        )
         return EXIT_FAILED
     finally:
         store.close()
@@ -308,10 +344,13 @@ def cmd_get_current_host(config: Config, args: argparse.Namespace) -> int:
         record = store.read()
     finally:
         store.close()
+    active = record.holder.split("#")[0] if record.holder else None
     if args.json:
-        _print_json({"active": record.holder, "scheduler": record.scheduler_node})
+        _print_json(
+            {"active": active, "controller": record.holder, "scheduler": record.scheduler_node}
+        )
     else:
-        print(f"active controller: {record.holder or 'none'}")
+        print(f"active controller: {active or 'none'}")
         print(f"scheduler node:    {record.scheduler_node or 'none'}")
     return EXIT_OK if record.holder else EXIT_FAILED
 
@@ -322,9 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ha-toolkit",
         description="Keep exactly one Airflow scheduler running across the masters.",
     )
-    parser.add_argument("--config", type=Path,
-                        default=Path(os.environ.get("HA_TOOLKIT_CONFIG", DEFAULT_PATH)),
-                        help=f"config file (default {DEFAULT_PATH}, or $HA_TOOLKIT_CONFIG)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=Path(os.environ.get("HA_TOOLKIT_CONFIG", DEFAULT_PATH)),
+        help=f"config file (default {DEFAULT_PATH}, or $HA_TOOLKIT_CONFIG)",
+    )
     parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
     parser.add_argument("--log-level", help="override logging.level")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -339,24 +381,33 @@ def build_parser() -> argparse.ArgumentParser:
     controller_sub = controller.add_subparsers(dest="action", required=True, metavar="ACTION")
     controller_sub.add_parser("run", help="run in the foreground (systemd runs this)")
     init = add("init", "write a sample config, or create the metastore schema (idempotent)")
-    init.add_argument("--from-airflow-cfg", metavar="PATH",
-                      help="migrate the [scheduler_failover] section of an old airflow.cfg")
+    init.add_argument(
+        "--from-airflow-cfg",
+        metavar="PATH",
+        help="migrate the [scheduler_failover] section of an old airflow.cfg",
+    )
     add("test-connection", "check the metastore and reach every master", json_flag=True)
-    add("is-scheduler-running", "which masters run the scheduler (exit 0 when exactly one)",
-        json_flag=True)
-    status = add("status", "the ACTIVE controller, lease, scheduler node and health",
-                 json_flag=True)
+    add(
+        "is-scheduler-running",
+        "which masters run the scheduler (exit 0 when exactly one)",
+        json_flag=True,
+    )
+    status = add(
+        "status", "the ACTIVE controller, lease, scheduler node and health", json_flag=True
+    )
     status.add_argument("--history", action="store_true", help="show the event log too")
     status.add_argument("--limit", type=int, default=30, help="events to show (default 30)")
-    status.add_argument("--no-check", action="store_true",
-                        help="do not ask the scheduler node for its health")
+    status.add_argument(
+        "--no-check", action="store_true", help="do not ask the scheduler node for its health"
+    )
     add("metadata", "dump the metastore record as JSON")
     clear = add("clear-metadata", "reset the lease and placement (keeps the event log)")
     clear.add_argument("--force", action="store_true", help="even while a lease is held")
     failover = add("failover", "move the scheduler (planned switchover)")
     failover.add_argument("--to", metavar="NODE", help="target master (default: the next one)")
-    failover.add_argument("--wait", type=float, default=120.0,
-                          help="seconds to wait for the move (0: do not wait)")
+    failover.add_argument(
+        "--wait", type=float, default=120.0, help="seconds to wait for the move (0: do not wait)"
+    )
     add("pause", "maintenance: the ACTIVE keeps its lease but takes no node action")
     add("resume", "end maintenance")
     add("send-test-alert", "send a test message through every configured alert channel")
@@ -392,8 +443,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_init(args.config, args)
         config = load_config(args.config)
         daemon = args.command == "controller"
-        setup_logging(args.log_level or (config.logging.level if daemon else "WARNING"),
-                      args.log_json or config.logging.json)
+        setup_logging(
+            args.log_level or (config.logging.level if daemon else "WARNING"),
+            args.log_json or config.logging.json,
+        )
         if daemon:
             return cmd_controller_run(config, args)
         return COMMANDS[args.command](config, args)

@@ -17,6 +17,7 @@ Guarantees and assumptions are in docs/design.md.
 from __future__ import annotations
 
 import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
@@ -60,6 +61,9 @@ class Controller:
     ) -> None:
         self.config = config
         self.me = config.node_name
+        # The lease holder is this process, not just this node: a restarted or
+        # second controller on the same node must not inherit a live lease.
+        self.identity = f"{config.node_name}#{secrets.token_hex(4)}"
         self.t = config.timings
         self.store = store
         self.nodes = nodes
@@ -70,6 +74,7 @@ class Controller:
         self.incidents = IncidentTracker(config.alerts.after_failed_polls)
         self.leader: Leadership | None = None
         self.confirmed_at: float | None = None  # last read naming this node (send time)
+        self.local_seen_running = False  # the local scheduler, at the last look
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -117,8 +122,18 @@ class Controller:
         self.metrics.close()
 
     def ping_watchdog(self) -> None:
-        if self.watchdog:
-            sd_notify("WATCHDOG=1")
+        """Feed systemd's watchdog, except while this node runs a scheduler whose
+        placement has gone unconfirmed for longer than fence_after - watchdog: from
+        then on, if this loop hangs, systemd kills it (and through BindsTo the
+        scheduler) no later than fence_after after the last confirmation, the
+        moment by which a healthy loop would have fenced itself."""
+        if not self.watchdog:
+            return
+        if self.local_seen_running and self.confirmed_at is not None:
+            age = self.clock() - self.confirmed_at
+            if age > self.t.fence_after - self.watchdog:
+                return
+        sd_notify("WATCHDOG=1")
 
     # -- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> None:
@@ -143,11 +158,11 @@ class Controller:
         # Observe the unit BEFORE sending the read: a scheduler seen running then,
         # with a record read afterwards that names another node, was not started
         # for a placement the read might have missed.
-        local_running = self.local.running()
+        local_running = self.local_seen_running = self.local.running()
         sent = self.clock()
         try:
             record = self.store.read()
-            self.store.heartbeat(self.me)
+            self.store.heartbeat(self.identity)
         except MetastoreError as exc:
             log.warning("metastore unreachable: %s", exc)
             record = None
@@ -164,20 +179,19 @@ class Controller:
 
     def _fence(self, reason: str) -> None:
         stopped = self.local.fence(reason)
+        self.local_seen_running = not stopped
         self._event("self-fence", self.me, f"{'stopped' if stopped else 'FAILED'}: {reason}")
 
     def _hold_lease(self) -> None:
         if self.leader is not None:
             try:
-                lease = self.store.renew(self.leader.lease)
+                self.leader.lease = self.store.renew(self.leader.lease)
             except MetastoreError as exc:
                 self.metrics.count_renew_failure()
                 self._step_down(f"lease renew failed: {exc}")
-                return
-            self.leader.lease = lease
             return
         try:
-            lease = self.store.acquire(self.me, self.t.lease_ttl)
+            lease = self.store.acquire(self.identity, self.t.lease_ttl)
         except MetastoreError as exc:
             log.debug("cannot try the lease: %s", exc)
             return
@@ -283,6 +297,8 @@ class Controller:
                     plan.start,
                     wait,
                 )
+        if self.me in obs and obs[self.me].reachable:
+            self.local_seen_running = obs[self.me].running
         self._finish_poll(record, plan, obs)
 
     def _finish_poll(
@@ -306,8 +322,9 @@ class Controller:
             self._event(f"alert-{notice.kind}", placed, notice.subject)
             # Delivery may block for the SMTP/webhook timeouts: never on the loop
             # that feeds the watchdog and renews the lease.
-            threading.Thread(target=self._deliver, args=(notice.subject, notice.body),
-                             daemon=True, name="alert").start()
+            threading.Thread(
+                target=self._deliver, args=(notice.subject, notice.body), daemon=True, name="alert"
+            ).start()
 
     def _deliver(self, subject: str, body: str) -> None:
         for error in self.alerter.send(subject, body):
@@ -316,7 +333,7 @@ class Controller:
     def _event(self, action: str, node: str | None, result: str) -> None:
         epoch = self.leader.lease.epoch if self.leader else 0
         try:
-            self.store.append_event(Event(self.me, epoch, action, node, result))
+            self.store.append_event(Event(self.identity, epoch, action, node, result))
         except MetastoreError as exc:
             log.debug("event not recorded (%s): %s %s %s", exc, action, node, result)
 

@@ -93,8 +93,9 @@ def zookeeper_ensemble(tmp_path: Path) -> Iterator[ZooKeeperCluster]:
 @pytest.fixture(scope="session")
 def cluster_factory(
     docker_client: object, node_image: str, run_id: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Callable[[int], Cluster]]:
-    """`cluster_factory(n)` -> a new Cluster of n nodes, destroyed at the end of the session."""
+) -> Iterator[Callable[..., Cluster]]:
+    """`cluster_factory(n, image=None)` -> a new Cluster of n nodes (of the node image unless
+    another is named), destroyed at the end of the session."""
     made: list[Cluster] = []
 
     def make(size: int) -> Cluster:

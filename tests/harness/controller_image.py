@@ -131,7 +131,8 @@ def controller_image(client: docker.DockerClient, base_image: str, build_dir: Pa
 {VENV}/bin/pip install -q --no-index --no-deps --force-reinstall /tmp/build/wheel/*.whl
 install -D -m 0755 /tmp/build/node_action.py /usr/local/libexec/ha-toolkit/node-action
 install -D -m 0755 /tmp/build/stand_in_scheduler.py /usr/local/bin/stand-in-scheduler
-install -D -m 0644 /tmp/build/airflow-scheduler.service /etc/systemd/system/airflow-scheduler.service
+install -D -m 0644 /tmp/build/airflow-scheduler.service \
+    /etc/systemd/system/airflow-scheduler.service
 install -D -m 0644 /tmp/build/ha-toolkit-binds.conf \
     /etc/systemd/system/airflow-scheduler.service.d/ha-toolkit.conf
 install -d -m 0700 /etc/ha-toolkit /var/lib/ha-toolkit

@@ -1,0 +1,281 @@
+"""Three controllers on three masters, each inside its node container under
+systemd, against a real metastore on the test network: MariaDB and a 3-member
+ZooKeeper ensemble. The stand-in scheduler keeps the faults fast.
+
+Every test that does not deliberately start a second scheduler runs under the
+observer, which samples the nodes' scheduler cgroups from the host every 50 ms
+and fails the test on any instant with two schedulers. Each test leaves the
+cluster healed, with exactly one scheduler.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ha_toolkit.config import Timings, move_wait
+from tests.harness.cluster import Cluster
+from tests.harness.controller_image import controller_image
+from tests.harness.controllers import FAST_TIMINGS, UNIT, ControllerCluster
+from tests.harness.mariadb import MariaDBServer
+from tests.harness.procs import wait_for
+from tests.harness.zookeeper import ZooKeeperCluster
+
+MOVE_WAIT = move_wait(Timings(**FAST_TIMINGS))
+TAKEOVER = FAST_TIMINGS["lease_ttl"] + 3 * FAST_TIMINGS["poll_interval"] + 10
+SETTLE = MOVE_WAIT + TAKEOVER
+
+
+def make_controller_cluster(
+    kind: str,
+    cluster_factory: Callable[..., Cluster],
+    tmp: Path,
+    timings: dict[str, float] | None = None,
+) -> Iterator[ControllerCluster]:
+    """A started controller cluster on `kind` ("mysql" or "zookeeper"); torn down after."""
+    cluster = cluster_factory(3)
+    servers: list[Any] = []
+    try:
+        if kind == "mysql":
+            db = MariaDBServer(tmp / "mariadb", host=cluster.gateway)
+            db.start()
+            servers.append(db)
+            metastore = {
+                "type": "mysql",
+                "dsn": f"mysql://{db.user}@{db.host}:{db.port}/{db.database}",
+            }
+            password = db.password
+        else:
+            zk = ZooKeeperCluster(tmp / "zookeeper", size=3, host=cluster.gateway)
+            zk.start()
+            servers.append(zk)
+            metastore = {"type": "zookeeper", "hosts": zk.hosts.split(",")}
+            password = ""
+        cc = ControllerCluster(cluster, metastore, password, timings)
+        cc.servers = servers  # type: ignore[attr-defined]
+        cc.install()
+        code, out = cc.ha("node1", "init", check=False)
+        assert code == 0, out
+        cc.start()
+        yield cc
+    finally:
+        cluster.destroy()
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture(scope="module", params=["mysql", "zookeeper"])
+def ha(
+    request: pytest.FixtureRequest,
+    docker_client: Any,
+    node_image: str,
+    cluster_factory: Callable[..., Cluster],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[ControllerCluster]:
+    image = controller_image(docker_client, node_image, Path(".build"))
+    tmp = tmp_path_factory.mktemp(f"ha-{request.param}")
+
+    def factory(size: int) -> Cluster:
+        return cluster_factory(size, image=image)
+
+    yield from make_controller_cluster(request.param, factory, tmp)
+
+
+def scheduler_node(ha: ControllerCluster) -> str:
+    return ha.observer.wait_single(SETTLE)
+
+
+def wait_healthy_on(ha: ControllerCluster, node: str, timeout: float = SETTLE) -> None:
+    def healthy() -> bool:
+        code, _ = ha.cluster.node(node).exec(
+            "curl -fsS -m 1 http://127.0.0.1:8974/health", check=False
+        )
+        return code == 0
+
+    wait_for(healthy, timeout, f"a healthy scheduler on {node}", interval=0.2)
+
+
+def main_pid(ha: ControllerCluster, node: str) -> int:
+    _, out = ha.cluster.node(node).exec(f"systemctl show -p MainPID --value {UNIT}", check=False)
+    return int(out.strip() or 0)
+
+
+def status(ha: ControllerCluster, node: str = "node1") -> dict[str, Any]:
+    _, out = ha.ha(node, "status --json --no-check")
+    return dict(json.loads(out))
+
+
+# -- tests, in order: each leaves exactly one healthy scheduler ---------------------------------
+def test_one_active_and_one_scheduler(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        active = ha.wait_active(TAKEOVER)
+        node = observer.wait_single(SETTLE)
+        wait_healthy_on(ha, node)
+        st = status(ha)
+        assert st["holder"].split("#")[0] == active
+        assert st["scheduler_node"] == node
+        assert st["epoch"] > 0
+        assert len(st["standbys"]) == 2
+
+
+def test_killed_scheduler_comes_back_on_same_node(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        old = main_pid(ha, node)
+        ha.cluster.node(node).exec(f"systemctl kill -s KILL {UNIT}")
+        wait_for(lambda: main_pid(ha, node) not in (0, old), SETTLE, "a new scheduler PID")
+        wait_healthy_on(ha, node)
+        assert observer.wait_single(SETTLE) == node
+
+
+def test_hung_scheduler_is_restarted(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        old = main_pid(ha, node)
+        ha.cluster.node(node).exec(
+            "mkdir -p /run/stand-in-scheduler && touch /run/stand-in-scheduler/unhealthy"
+        )
+        wait_for(lambda: main_pid(ha, node) not in (0, old), SETTLE, "the hung scheduler restarted")
+        wait_healthy_on(ha, node)
+        assert observer.wait_single(SETTLE) == node
+
+
+def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        broken = ha.cluster.node(node)
+        broken.put_file(
+            f"/run/systemd/system/{UNIT}.service.d/broken.conf",
+            b"[Service]\nExecStart=\nExecStart=/bin/false\n",
+        )
+        broken.exec("systemctl daemon-reload")
+        try:
+            broken.exec(f"systemctl kill -s KILL {UNIT}")
+            moved_to = observer.wait_single(SETTLE + 2 * FAST_TIMINGS["start_timeout"], not_on=node)
+            wait_healthy_on(ha, moved_to)
+            assert node in status(ha)["failed_nodes"]
+        finally:
+            broken.exec(
+                f"rm -rf /run/systemd/system/{UNIT}.service.d && "
+                "systemctl daemon-reload && systemctl reset-failed"
+            )
+
+
+def test_stray_scheduler_is_stopped(ha: ControllerCluster) -> None:
+    # No observer here: the test itself starts a second scheduler.
+    node = scheduler_node(ha)
+    stray = next(n.name for n in ha.cluster.nodes if n.name != node)
+    ha.cluster.node(stray).exec(f"systemctl start {UNIT}")
+    wait_for(lambda: ha.observer.running() == [node], SETTLE, f"the stray on {stray} stopped")
+    assert status(ha)["scheduler_node"] == node
+
+
+def test_failover_to_named_node(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        target = next(n.name for n in ha.cluster.nodes if n.name != node)
+        code, out = ha.ha("node1", f"failover --to {target} --wait 60", check=False)
+        assert code == 0, out
+        assert observer.wait_single(SETTLE) == target
+        wait_healthy_on(ha, target)
+
+
+def test_pause_stops_node_actions(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        ha.ha("node1", "pause")
+        try:
+            assert status(ha)["paused"] is True
+            ha.cluster.node(node).exec(f"systemctl stop {UNIT}")  # not restarted while paused
+            before = status(ha)["last_poll"]
+            wait_for(lambda: status(ha)["last_poll"] != before, TAKEOVER, "a paused poll")
+            wait_for(lambda: status(ha)["last_poll"] != before, TAKEOVER, "another paused poll")
+            assert observer.running() == []
+        finally:
+            ha.ha("node1", "resume")
+        assert observer.wait_single(SETTLE) == node
+
+
+def test_active_controller_killed_standby_takes_over(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        scheduler_node(ha)
+        active = ha.wait_active(TAKEOVER)
+        epoch = status(ha)["epoch"]
+        ha.signal_controller(active, "KILL")
+        wait_for(lambda: status(ha)["epoch"] > epoch, TAKEOVER, "a new epoch")
+        new_active = status(ha)["holder"]
+        assert new_active
+        observer.wait_single(SETTLE)
+        wait_healthy_on(ha, status(ha)["scheduler_node"])
+
+
+def test_watchdog_ends_a_hung_controller_and_its_scheduler(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        ha.signal_controller(node, "STOP")
+        # systemd's watchdog kills the stopped controller; BindsTo takes the
+        # scheduler down with it; the scheduler then runs on another node, or
+        # back on this one once its restarted controller confirms the placement.
+        wait_for(
+            lambda: ha.observer.running() != [node] or main_pid(ha, node) == 0,
+            SETTLE,
+            "the scheduler on the hung controller's node to stop",
+        )
+        observer.wait_single(SETTLE)
+        wait_healthy_on(ha, observer.wait_single(SETTLE))
+
+
+def test_node_cut_off_from_metastore_self_fences(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        ha.cluster.cut_off(node, ha.cluster.gateway)
+        try:
+            moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
+            wait_healthy_on(ha, moved_to)
+        finally:
+            ha.cluster.heal(node)
+        assert observer.wait_single(SETTLE) == moved_to
+
+
+def test_node_cut_off_from_active_only_reads_placement_and_stops(ha: ControllerCluster) -> None:
+    with ha.observed() as observer:
+        node = scheduler_node(ha)
+        active = ha.wait_active(TAKEOVER)
+        if active == node:
+            target = next(n.name for n in ha.cluster.nodes if n.name != node)
+            code, out = ha.ha("node1", f"failover --to {target} --wait 60", check=False)
+            assert code == 0, out
+            node = observer.wait_single(SETTLE)
+        active_address = ha.cluster.node(active).address
+        ha.cluster.cut_off(node, active_address)
+        try:
+            moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
+            wait_healthy_on(ha, moved_to)
+        finally:
+            ha.cluster.heal(node)
+        assert observer.wait_single(SETTLE) == moved_to
+
+
+def test_metastore_outage_no_overlap_then_recovery(ha: ControllerCluster) -> None:
+    servers = ha.servers  # type: ignore[attr-defined]
+    with ha.observed() as observer:
+        scheduler_node(ha)
+        server = servers[0]
+        if isinstance(server, MariaDBServer):
+            server.restart()
+        else:
+            server.kill_member(server.members.index(server.leader()))
+        try:
+            node = observer.wait_single(SETTLE + TAKEOVER)
+            wait_healthy_on(ha, node)
+        finally:
+            if isinstance(server, ZooKeeperCluster):
+                for i, member in enumerate(server.members):
+                    if not (member.process and member.process.running()):
+                        server.start_member(i)
+                server.wait_serving()
+        ha.wait_active(TAKEOVER)
