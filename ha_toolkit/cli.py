@@ -361,25 +361,40 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ha-toolkit",
         description="Keep exactly one Airflow scheduler running across the masters.",
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=Path(os.environ.get("HA_TOOLKIT_CONFIG", DEFAULT_PATH)),
-        help=f"config file (default {DEFAULT_PATH}, or $HA_TOOLKIT_CONFIG)",
-    )
-    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
-    parser.add_argument("--log-level", help="override logging.level")
+
+    def add_globals(p: argparse.ArgumentParser, default: Callable[[object], object]) -> None:
+        p.add_argument(
+            "--config",
+            type=Path,
+            default=default(Path(os.environ.get("HA_TOOLKIT_CONFIG", DEFAULT_PATH))),
+            help=f"config file (default {DEFAULT_PATH}, or $HA_TOOLKIT_CONFIG)",
+        )
+        p.add_argument(
+            "--log-json",
+            action="store_true",
+            default=default(False),
+            help="log one JSON object per line",
+        )
+        p.add_argument("--log-level", default=default(None), help="override logging.level")
+
+    add_globals(parser, lambda value: value)
+    # The same options after the command too (`ha-toolkit status --config X`); there
+    # they override what was given before it.
+    after = argparse.ArgumentParser(add_help=False)
+    add_globals(after, lambda value: argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, help_text: str, json_flag: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[after])
         if json_flag:
             p.add_argument("--json", action="store_true", help="machine-readable output")
         return p
 
     controller = add("controller", "the failover controller daemon")
     controller_sub = controller.add_subparsers(dest="action", required=True, metavar="ACTION")
-    controller_sub.add_parser("run", help="run in the foreground (systemd runs this)")
+    controller_sub.add_parser(
+        "run", help="run in the foreground (systemd runs this)", parents=[after]
+    )
     init = add("init", "write a sample config, or create the metastore schema (idempotent)")
     init.add_argument(
         "--from-airflow-cfg",

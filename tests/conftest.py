@@ -98,10 +98,10 @@ def cluster_factory(
     another is named), destroyed at the end of the session."""
     made: list[Cluster] = []
 
-    def make(size: int) -> Cluster:
+    def make(size: int, image: str | None = None) -> Cluster:
         index = len(made)
         cluster = Cluster(
-            node_image,
+            image or node_image,
             tmp_path_factory.mktemp(f"cluster{index}"),
             size=size,
             run_id=f"{run_id}{index}",
