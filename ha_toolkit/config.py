@@ -61,10 +61,10 @@ class MetastoreConfig:
 class Timings:
     poll_interval: float = 10.0
     lease_ttl: float = 30.0
-    fence_after: float = 20.0
+    fence_after: float = 30.0
     start_timeout: float = 60.0
-    stop_timeout: float = 30.0
-    watchdog: float = 15.0  # systemd WatchdogSec of the controller unit
+    stop_timeout: float = 20.0
+    watchdog: float = 5.0  # systemd WatchdogSec of the controller unit
     clock_drift: float = 0.05  # bound on clock *rate* difference, as a fraction
 
 
@@ -156,6 +156,16 @@ def check_timings(t: Timings) -> list[str]:
                 f"timings.{name}: must be less than {times}timings.{other} "
                 f"({value:g} >= {times}{bound:g})"
             )
+    # The controller stops feeding the watchdog once its node's placement has gone
+    # unconfirmed for fence_after - watchdog (so a hung loop dies by fence_after); it
+    # re-confirms once a poll, so that window must hold two polls or a healthy
+    # controller would starve its own watchdog.
+    if not problems and not t.fence_after - t.watchdog >= 2 * t.poll_interval:
+        problems.append(
+            "timings.fence_after: must be at least timings.watchdog + 2 × "  # noqa: RUF001
+            f"timings.poll_interval ({t.fence_after:g} < {t.watchdog:g} + 2 × "  # noqa: RUF001
+            f"{t.poll_interval:g})"
+        )
     return problems
 
 
@@ -1036,7 +1046,7 @@ def _migrate_timings(poll: float, warnings: list[str]) -> dict[str, float]:
         default,
         poll_interval=poll,
         lease_ttl=max(default.lease_ttl, 2 * poll),
-        fence_after=max(default.fence_after, 2 * poll),
+        fence_after=max(default.fence_after, default.watchdog + 2 * poll),
         start_timeout=max(default.start_timeout, poll),
     )
     assert not check_timings(t), check_timings(t)

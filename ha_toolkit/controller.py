@@ -93,7 +93,12 @@ class Controller:
             while not self.stopping.is_set():
                 started = self.clock()
                 self.cycle()
-                self.stopping.wait(max(0.0, self.next_wakeup(started) - self.clock()))
+                wake = self.next_wakeup(started)
+                # Between cycles, keep feeding the watchdog (ping_watchdog decides
+                # whether this node may still be fed).
+                while not self.stopping.is_set() and (left := wake - self.clock()) > 0:
+                    self.stopping.wait(min(left, self.watchdog / 3) if self.watchdog else left)
+                    self.ping_watchdog()
         finally:
             self.shutdown()
 
@@ -105,8 +110,6 @@ class Controller:
         if self.confirmed_at is not None and self.local.running():
             # Wake exactly when this node's right to run the scheduler lapses.
             wake = min(wake, self.confirmed_at + self.t.fence_after)
-        if self.watchdog:
-            wake = min(wake, self.clock() + self.watchdog / 3)
         return wake
 
     def shutdown(self) -> None:
@@ -226,24 +229,53 @@ class Controller:
         return remaining
 
     def _cancel_check(self) -> Callable[[], bool]:
-        """Called by ansible-runner while a playbook runs: keep the watchdog fed and
-        abort when the lease runs out."""
+        """Called by ansible-runner about every 0.25 s while a playbook runs: once a
+        poll, renew the lease and re-confirm this node's placement (a long stop must
+        not starve the watchdog or lose the lease); abort when leadership is gone."""
+        last = self.clock()
 
         def cancel() -> bool:
+            nonlocal last
+            if self.clock() - last >= self.t.poll_interval:
+                last = self.clock()
+                self._refresh_during_action()
             self.ping_watchdog()
             return self.leader is None or self.leader.lease.remaining(self.clock()) < LEASE_MARGIN
 
         return cancel
 
+    def _refresh_during_action(self) -> None:
+        sent = self.clock()
+        try:
+            record = self.store.read()
+        except MetastoreError:
+            record = None
+        if record is not None and record.scheduler_node == self.me:
+            self.confirmed_at = sent
+        if self.leader is not None:
+            try:
+                self.leader.lease = self.store.renew(self.leader.lease)
+            except MetastoreError as exc:
+                self.metrics.count_renew_failure()
+                self._step_down(f"lease renew failed during an action: {exc}")
+
     def _run_nodes(
         self, actions: dict[str, str], hosts: list[str] | None = None
     ) -> dict[str, NodeStatus]:
         assert self.leader is not None
-        budget = self._budget()
+        self._budget()
         epoch = self.leader.lease.epoch
+        # The cancel check aborts the run the moment the lease is lost; the timeout
+        # only bounds a runaway run.
         statuses = self.nodes.run(
-            actions, epoch, timeout=budget, hosts=hosts, cancel=self._cancel_check()
+            actions,
+            epoch,
+            timeout=self.t.stop_timeout + 30,
+            hosts=hosts,
+            cancel=self._cancel_check(),
         )
+        if self.leader is None:
+            raise SteppedDown("leadership lost while the playbook ran")
         for node, action in actions.items():
             st = statuses.get(node)
             result = "refused" if st and st.refused else ("ok" if st and st.reachable else "error")

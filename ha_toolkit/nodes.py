@@ -147,6 +147,8 @@ def run_playbook(
             quiet=True,
             timeout=max(1, int(timeout)) if timeout else None,
             cancel_callback=cancel,
+            # How often runner looks at cancel_callback and the timeout (default 5 s).
+            settings={"pexpect_timeout": 0.25},
             json_mode=False,
         )
     return PlaybookResult(str(path), runner.rc, runner.status, collector.hosts)

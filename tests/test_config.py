@@ -360,9 +360,13 @@ def test_timing_rules_and_move_wait() -> None:
         "timings.poll_interval: must be > 0 (got -1)"
     ]
     # The integration harness's fast timings (tests/harness/controllers.py) are valid.
-    fast = Timings(1.0, lease_ttl=4.0, fence_after=3.0, start_timeout=6.0, stop_timeout=3.0)
-    assert check_timings(dataclasses.replace(fast, watchdog=2.0)) == []
-    assert move_wait(Timings()) == pytest.approx((20 + 30) * 1.05 + 10)
+    fast = Timings(1.0, lease_ttl=5.0, fence_after=4.0, start_timeout=6.0, stop_timeout=3.0)
+    assert check_timings(dataclasses.replace(fast, watchdog=1.5)) == []
+    assert check_timings(dataclasses.replace(fast, watchdog=2.5)) == [
+        "timings.fence_after: must be at least timings.watchdog + 2 × "  # noqa: RUF001
+        "timings.poll_interval (4 < 2.5 + 2 × 1)"  # noqa: RUF001
+    ]
+    assert move_wait(Timings()) == pytest.approx((30 + 20) * 1.05 + 10)
 
 
 def test_sample_config_round_trip(tmp_path: Path) -> None:
@@ -403,7 +407,7 @@ def test_sample_config_with_every_value(tmp_path: Path) -> None:
             "prefix": "ha_prod",
             "tls": {"enabled": False, "ca_file": "/etc/ssl/ca.pem"},
         },
-        "timings": {"poll_interval": 5, "lease_ttl": 10, "fence_after": 10, "watchdog": 7.5},
+        "timings": {"poll_interval": 5, "lease_ttl": 10, "fence_after": 20, "watchdog": 7.5},
         "service": {"unit": "airflow-scheduler.service", "health_url": None},
         "alerts": {
             "after_failed_polls": 2,
@@ -483,7 +487,7 @@ def test_airflow_cfg_migration(tmp_path: Path) -> None:
     assert values["timings"] == {
         "poll_interval": 60,
         "lease_ttl": 120,
-        "fence_after": 120,
+        "fence_after": 125,
     }
     assert values["alerts"] == {
         "after_failed_polls": 3,

@@ -40,11 +40,11 @@ Environment=HOME=/root
 
 FAST_TIMINGS = {
     "poll_interval": 1.0,
-    "lease_ttl": 4.0,
-    "fence_after": 3.0,
+    "lease_ttl": 5.0,
+    "fence_after": 4.0,
     "start_timeout": 6.0,
     "stop_timeout": 3.0,
-    "watchdog": 2.0,
+    "watchdog": 1.5,
     "clock_drift": 0.05,
 }
 
