@@ -24,6 +24,10 @@ import ansible_runner
 
 REPORT_PREFIX = "Report"
 PLAYBOOK_DIR = Path(__file__).resolve().parent / "playbooks"
+SSH_ARGS = (
+    "-C -o ControlMaster=auto -o ControlPersist=60s "
+    "-o ServerAliveInterval=1 -o ServerAliveCountMax=3"
+)
 
 
 def _search_path() -> str:
@@ -135,6 +139,11 @@ def run_playbook(
         for key in ("ANSIBLE_HOME", "ANSIBLE_LOCAL_TEMP", "ANSIBLE_SSH_CONTROL_PATH_DIR"):
             if key in os.environ:
                 envvars[key] = os.environ[key]
+        # Ansible's own defaults plus keepalives: a persistent SSH connection to a node
+        # that has been cut off must fail in seconds, not hang until TCP gives up.
+        # (An inventory's ansible_ssh_args still wins.)
+        envvars["ANSIBLE_SSH_ARGS"] = os.environ.get("ANSIBLE_SSH_ARGS", SSH_ARGS)
+        envvars["ANSIBLE_TIMEOUT"] = os.environ.get("ANSIBLE_TIMEOUT", "5")
         runner = ansible_runner.run(
             private_data_dir=private,
             playbook=str(path),

@@ -235,6 +235,9 @@ class ControllerCluster:
         self.observer.start()
         try:
             yield self.observer
+        except BaseException:
+            print(self.dump_logs())  # shown by pytest for the failed test
+            raise
         finally:
             self.observer.stop()
         assert self.observer.samples > 0
