@@ -89,7 +89,7 @@ def polls_pass(ha: ControllerCluster, count: int = 1) -> None:
     """Wait until the ACTIVE has finished `count` more polls."""
     for _ in range(count):
         before = status(ha)["last_poll"]
-        wait_for(lambda: status(ha)["last_poll"] != before, TAKEOVER, "a poll")
+        wait_for(lambda b=before: status(ha)["last_poll"] != b, TAKEOVER, "a poll")
 
 
 def scheduler_node(ha: ControllerCluster) -> str:

@@ -161,7 +161,9 @@ class ControllerCluster:
             "node_name": node.name,
             "inventory": f"{CONFIG_DIR}/inventory.yml",
             "masters_group": "masters",
-            "metastore": {**self.metastore, "password_file": f"{CONFIG_DIR}/metastore.password"},
+            "metastore": {**self.metastore, "password_file": f"{CONFIG_DIR}/metastore.password"}
+            if self.password
+            else self.metastore,
             "timings": self.timings,
             "service": {"unit": UNIT, "health_url": "http://127.0.0.1:8974/health"},
             "logging": {"level": "DEBUG"},
