@@ -10,62 +10,28 @@ cluster healed, with exactly one scheduler.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ha_toolkit.config import Timings, move_wait
+from tests.failover_support import (
+    FAST_TIMINGS,
+    SETTLE,
+    TAKEOVER,
+    UNIT,
+    ControllerCluster,
+    MariaDBServer,
+    ZooKeeperCluster,
+    controller_cluster_fixture,
+    main_pid,
+    polls_pass,
+    scheduler_node,
+    status,
+    wait_for,
+    wait_healthy_on,
+)
 from tests.harness.cluster import Cluster
-from tests.harness.controller_image import controller_image
-from tests.harness.controllers import FAST_TIMINGS, UNIT, ControllerCluster
-from tests.harness.mariadb import MariaDBServer
-from tests.harness.procs import wait_for
-from tests.harness.zookeeper import ZooKeeperCluster
-
-MOVE_WAIT = move_wait(Timings(**FAST_TIMINGS))
-TAKEOVER = FAST_TIMINGS["lease_ttl"] + 3 * FAST_TIMINGS["poll_interval"] + 10
-SETTLE = MOVE_WAIT + TAKEOVER
-
-
-def make_controller_cluster(
-    kind: str,
-    cluster_factory: Callable[..., Cluster],
-    tmp: Path,
-    timings: dict[str, float] | None = None,
-) -> Iterator[ControllerCluster]:
-    """A started controller cluster on `kind` ("mysql" or "zookeeper"); torn down after."""
-    cluster = cluster_factory(3)
-    servers: list[Any] = []
-    try:
-        if kind == "mysql":
-            db = MariaDBServer(tmp / "mariadb", host=cluster.gateway)
-            db.start()
-            servers.append(db)
-            metastore = {
-                "type": "mysql",
-                "dsn": f"mysql://{db.user}@{db.host}:{db.port}/{db.database}",
-            }
-            password = db.password
-        else:
-            zk = ZooKeeperCluster(tmp / "zookeeper", size=3, host=cluster.gateway)
-            zk.start()
-            servers.append(zk)
-            metastore = {"type": "zookeeper", "hosts": zk.hosts.split(",")}
-            password = ""
-        cc = ControllerCluster(cluster, metastore, password, timings)
-        cc.servers = servers  # type: ignore[attr-defined]
-        cc.install()
-        code, out = cc.ha("node1", "init", check=False)
-        assert code == 0, out
-        cc.start()
-        yield cc
-    finally:
-        cluster.destroy()
-        for server in servers:
-            server.stop()
 
 
 @pytest.fixture(scope="module", params=["mysql", "zookeeper"])
@@ -76,48 +42,9 @@ def ha(
     cluster_factory: Callable[..., Cluster],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[ControllerCluster]:
-    image = controller_image(docker_client, node_image, Path(".build"))
-    tmp = tmp_path_factory.mktemp(f"ha-{request.param}")
-
-    def factory(size: int) -> Cluster:
-        return cluster_factory(size, image=image)
-
-    yield from make_controller_cluster(request.param, factory, tmp)
-
-
-def polls_pass(ha: ControllerCluster, count: int = 1) -> None:
-    """Wait until the ACTIVE has finished `count` more polls."""
-    for _ in range(count):
-        before = status(ha)["last_poll"]
-        wait_for(lambda b=before: status(ha)["last_poll"] != b, TAKEOVER, "a poll")
-
-
-def scheduler_node(ha: ControllerCluster) -> str:
-    """The scheduler node, once the ACTIVE has seen it healthy (a settled start state)."""
-    node = ha.observer.wait_single(SETTLE)
-    wait_healthy_on(ha, node)
-    polls_pass(ha, 2)
-    return node
-
-
-def wait_healthy_on(ha: ControllerCluster, node: str, timeout: float = SETTLE) -> None:
-    def healthy() -> bool:
-        code, _ = ha.cluster.node(node).exec(
-            "curl -fsS -m 1 http://127.0.0.1:8974/health", check=False
-        )
-        return code == 0
-
-    wait_for(healthy, timeout, f"a healthy scheduler on {node}", interval=0.2)
-
-
-def main_pid(ha: ControllerCluster, node: str) -> int:
-    _, out = ha.cluster.node(node).exec(f"systemctl show -p MainPID --value {UNIT}", check=False)
-    return int(out.strip() or 0)
-
-
-def status(ha: ControllerCluster, node: str = "node1") -> dict[str, Any]:
-    _, out = ha.ha(node, "status --json --no-check")
-    return dict(json.loads(out))
+    yield from controller_cluster_fixture(
+        request, docker_client, node_image, cluster_factory, tmp_path_factory
+    )
 
 
 # -- tests, in order: each leaves exactly one healthy scheduler ---------------------------------

@@ -126,11 +126,15 @@ class ControllerCluster:
         metastore: dict[str, Any],
         password: str,
         timings: dict[str, float] | None = None,
+        watchdog: bool = True,
     ) -> None:
         self.cluster = cluster
         self.metastore = metastore
         self.password = password
         self.timings = {**FAST_TIMINGS, **(timings or {})}
+        # watchdog=False: WatchdogSec=0, for tests that must freeze a controller
+        # longer than the watchdog would allow.
+        self.watchdog = watchdog
         self.observer = Observer(cluster.nodes)
 
     def install(self) -> None:
@@ -152,7 +156,9 @@ class ControllerCluster:
             self.write_config(node)
             node.put_file(
                 f"/etc/systemd/system/{CONTROLLER_UNIT}.service",
-                CONTROLLER_SERVICE.format(watchdog=self.timings["watchdog"]).encode(),
+                CONTROLLER_SERVICE.format(
+                    watchdog=self.timings["watchdog"] if self.watchdog else 0
+                ).encode(),
             )
             node.exec("systemctl daemon-reload")
 
