@@ -75,6 +75,7 @@ class Controller:
         self.leader: Leadership | None = None
         self.confirmed_at: float | None = None  # last read naming this node (send time)
         self.local_seen_running = False  # the local scheduler, at the last look
+        self.unreachable_count = 0  # consecutive failed metastore reads
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -167,8 +168,14 @@ class Controller:
             record = self.store.read()
             self.store.heartbeat(self.identity)
         except MetastoreError as exc:
-            log.warning("metastore unreachable: %s", exc)
+            self._note_unreachable(exc)
             record = None
+        else:
+            if self.unreachable_count:
+                log.warning(
+                    "metastore reachable again after %d failed reads", self.unreachable_count
+                )
+                self.unreachable_count = 0
         if record is not None and record.scheduler_node == self.me:
             self.confirmed_at = sent
         if local_running:
@@ -179,6 +186,19 @@ class Controller:
             ):
                 self._fence(f"placement not confirmed for over {self.t.fence_after:.0f} s")
         return record
+
+    def _note_unreachable(self, exc: MetastoreError) -> None:
+        # Keep trying every poll (fencing needs it) but log with backoff: the
+        # 1st, 2nd, 4th, 8th ... failure, so an outage does not flood the journal.
+        self.unreachable_count += 1
+        n = self.unreachable_count
+        if n & (n - 1) == 0:
+            log.warning(
+                "metastore unreachable (%d failed reads so far; retrying every %g s): %s",
+                n,
+                self.t.poll_interval,
+                exc,
+            )
 
     def _fence(self, reason: str) -> None:
         stopped = self.local.fence(reason)
