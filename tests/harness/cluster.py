@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import random
 import socket
 import subprocess
 import uuid
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import docker
 import docker.errors
+import docker.types
 import yaml
 
 from .procs import wait_for
@@ -128,11 +130,10 @@ class Cluster:
     def create(self) -> Cluster:
         self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.network = self.client.networks.create(
-                f"{self.prefix}-net", driver="bridge", labels=self.labels
-            )
+            self.network = self._create_network()
+            subnet = self.subnet
             for i in range(1, self.size + 1):
-                self._run_node(f"node{i}")
+                self._run_node(f"node{i}", str(subnet.network_address + 10 + i))
             self._make_key()
             for node in self.nodes:
                 self._wait_booted(node)
@@ -146,13 +147,28 @@ class Cluster:
             raise
         return self
 
-    def _run_node(self, name: str) -> None:
+    def _create_network(self) -> docker.models.networks.Network:
+        """A bridge network with a subnet of our own choosing, so nodes can have fixed
+        addresses and keep them across a stop/start (a killed node comes back as itself)."""
+        start = random.randrange(256)
+        for i in range(256):
+            subnet = f"172.29.{(start + i) % 256}.0/24"
+            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+            try:
+                return self.client.networks.create(
+                    f"{self.prefix}-net", driver="bridge", labels=self.labels, ipam=ipam
+                )
+            except docker.errors.APIError as exc:
+                if "overlap" not in str(exc).lower():
+                    raise
+        raise RuntimeError("no free /24 left in 172.29.0.0/16 for a test network")
+
+    def _run_node(self, name: str, address: str) -> None:
         assert self.network is not None
-        container = self.client.containers.run(
+        container = self.client.containers.create(
             self.image,
             name=f"{self.prefix}-{name}",
             hostname=name,
-            detach=True,
             labels=self.labels,
             network=self.network.name,
             cap_add=["SYS_ADMIN", "NET_ADMIN"],
@@ -164,8 +180,9 @@ class Cluster:
             environment={"container": "docker"},
             command=["/lib/systemd/systemd"],
         )
-        container.reload()
-        address = container.attrs["NetworkSettings"]["Networks"][self.network.name]["IPAddress"]
+        self.network.disconnect(container)
+        self.network.connect(container, ipv4_address=address)
+        container.start()
         self.nodes.append(Node(name, address, container))
 
     def _make_key(self) -> None:
@@ -268,11 +285,6 @@ class Cluster:
     def start(self, name: str) -> None:
         node = self.node(name)
         node.container.start()
-        node.container.reload()
-        assert self.network is not None
-        node.address = node.container.attrs["NetworkSettings"]["Networks"][self.network.name][
-            "IPAddress"
-        ]
         self._wait_booted(node)
 
     def pause(self, name: str) -> None:

@@ -1,0 +1,279 @@
+"""Failover benchmark: how fast the controllers recover, and what they cost.
+
+Runs on the test harness (node containers with systemd and sshd, controllers
+installed from a wheel, real MariaDB / ZooKeeper on the test network) and
+writes bench/results/failover.json with min/median/p95 per metric and backend:
+
+  scheduler_restart_s      scheduler process SIGKILLed -> healthy again
+  node_loss_s              scheduler node killed (docker kill) -> healthy elsewhere
+  controller_takeover_s    ACTIVE controller SIGKILLed -> a STANDBY holds the lease
+  poll_cycle_s             one observation of 3 masters (one playbook run)
+  controller_cpu_pct       ACTIVE controller + its Ansible children, % of one core,
+                           at the default poll of 10 s (per-poll windows)
+  controller_cpu_s_per_poll  CPU seconds per poll at the default poll
+  controller_rss_mb        the controller process's RSS
+
+Timing trials use poll 2 s / lease 6 s; the cost trials the default timings.
+Not a test: nothing is asserted. Usage: .venv/bin/python bench/failover.py [--trials N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import docker  # noqa: E402
+
+from ha_toolkit.config import MetastoreConfig, Timings, move_wait  # noqa: E402
+from ha_toolkit.metastore import open_metastore  # noqa: E402
+from tests.failover_support import make_controller_cluster, wait_healthy_on  # noqa: E402
+from tests.harness.cluster import Cluster, remove_stale  # noqa: E402
+from tests.harness.controller_image import controller_image  # noqa: E402
+from tests.harness.controllers import UNIT, ControllerCluster  # noqa: E402
+from tests.harness.procs import wait_for  # noqa: E402
+
+TIMING = {
+    "poll_interval": 2.0,
+    "lease_ttl": 6.0,
+    "fence_after": 6.0,
+    "watchdog": 2.0,
+    "start_timeout": 10.0,
+    "stop_timeout": 5.0,
+    "clock_drift": 0.05,
+}
+DEFAULT = {k: float(v) for k, v in vars(Timings()).items()}
+TARGETS = {
+    "scheduler_restart_s": "p95 <= 5",
+    "node_loss_s": "p95 <= 20",
+    "controller_takeover_s": "p95 <= 8",
+    "poll_cycle_s": "median <= 1.0",
+    "controller_cpu_pct": "median <= 10",
+    "controller_cpu_s_per_poll": None,
+    "controller_rss_mb": "max <= 100",
+}
+
+
+def summary(values: list[float], target: str | None) -> dict[str, Any]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))]
+    return {
+        "n": len(values),
+        "min": round(ordered[0], 3),
+        "median": round(statistics.median(ordered), 3),
+        "p95": round(p95, 3),
+        "max": round(ordered[-1], 3),
+        "target": target,
+    }
+
+
+class Bench:
+    def __init__(self, ha: ControllerCluster, kind: str) -> None:
+        self.ha = ha
+        self.kind = kind
+        meta = dict(ha.metastore)
+        self.store = open_metastore(
+            MetastoreConfig(
+                type=meta["type"],
+                dsn=meta.get("dsn"),
+                hosts=tuple(meta.get("hosts", ())),
+                user=meta["dsn"].split("//")[1].split("@")[0] if meta.get("dsn") else None,
+                password=ha.password or None,
+            )
+        )
+
+    def holder(self) -> tuple[str | None, int]:
+        record = self.store.read()
+        return record.holder, record.epoch
+
+    def scheduler(self) -> str:
+        node = self.ha.observer.wait_single(120)
+        wait_healthy_on(self.ha, node, 120)
+        return node
+
+    def healthy_on(self, node: str) -> bool:
+        code, _ = self.ha.cluster.node(node).exec(
+            "curl -fsS -m 1 http://127.0.0.1:8974/health", check=False
+        )
+        return code == 0
+
+    def scheduler_restart(self) -> float:
+        node = self.scheduler()
+        old = self.pid(node)
+        start = time.monotonic()
+        self.ha.cluster.node(node).exec(f"systemctl kill -s KILL {UNIT}")
+        wait_for(
+            lambda: self.pid(node) not in (0, old) and self.healthy_on(node),
+            60,
+            "the scheduler healthy again",
+            interval=0.05,
+        )
+        return time.monotonic() - start
+
+    def node_loss(self) -> float:
+        node = self.scheduler()
+        start = time.monotonic()
+        self.ha.cluster.kill(node)
+        found: list[str] = []
+
+        def elsewhere() -> bool:
+            running = self.ha.observer.running()
+            found[:] = running
+            return len(running) == 1 and running[0] != node and self.healthy_on(running[0])
+
+        wait_for(elsewhere, 120, "a healthy scheduler elsewhere", interval=0.1)
+        elapsed = time.monotonic() - start
+        self.ha.cluster.start(node)
+        self.ha.start([node])
+        return elapsed
+
+    def controller_takeover(self) -> float:
+        self.scheduler()
+        holder, epoch = self.holder()
+        assert holder, "no ACTIVE controller"
+        start = time.monotonic()
+        self.ha.signal_controller(holder.split("#")[0], "KILL")
+        wait_for(
+            lambda: self.holder()[1] > epoch and self.holder()[0] is not None,
+            60,
+            "a STANDBY to take the lease",
+            interval=0.05,
+        )
+        return time.monotonic() - start
+
+    def pid(self, node: str) -> int:
+        _, out = self.ha.cluster.node(node).exec(
+            f"systemctl show -p MainPID --value {UNIT}", check=False
+        )
+        return int(out.strip() or 0)
+
+    def poll_cycles(self, trials: int) -> list[float]:
+        holder, _ = self.holder()
+        assert holder
+        node = self.ha.cluster.node(holder.split("#")[0])
+        script = (
+            "import time, json\n"
+            "from ha_toolkit.nodes import SchedulerNodes\n"
+            "n = SchedulerNodes('/etc/ha-toolkit/inventory.yml', 'masters', 'airflow-scheduler',"
+            " 'http://127.0.0.1:8974/health', 5)\n"
+            "out = []\n"
+            f"for _ in range({trials}):\n"
+            "    t = time.monotonic(); n.run({}, 0, 30); out.append(time.monotonic() - t)\n"
+            "print(json.dumps(out))\n"
+        )
+        _, out = node.exec(
+            f'ANSIBLE_HOME=/var/lib/ha-toolkit/ansible /opt/ha-toolkit/bin/python -c "{script}"'
+        )
+        return [float(x) for x in json.loads(out.strip().splitlines()[-1])]
+
+    def controller_cost(self, polls: int, poll_interval: float) -> dict[str, list[float]]:
+        holder, _ = self.holder()
+        assert holder
+        node = self.ha.cluster.node(holder.split("#")[0])
+        node.container.reload()
+        cg = Path(
+            f"/sys/fs/cgroup/cpuacct/docker/{node.container.id}/system.slice/"
+            "ha-toolkit-controller.service/cpuacct.usage"
+        )
+        pct, per_poll, rss = [], [], []
+        for _ in range(polls):
+            t0, c0 = time.monotonic(), int(cg.read_text())
+            time.sleep(poll_interval)  # a measurement window, not synchronisation
+            t1, c1 = time.monotonic(), int(cg.read_text())
+            cpu = (c1 - c0) / 1e9
+            pct.append(100 * cpu / (t1 - t0))
+            per_poll.append(cpu * poll_interval / (t1 - t0))
+            _, out = node.exec(
+                "grep VmRSS /proc/$(systemctl show -p MainPID --value ha-toolkit-controller)/status"
+            )
+            rss.append(int(out.split()[1]) / 1024)
+        return {
+            "controller_cpu_pct": pct,
+            "controller_cpu_s_per_poll": per_poll,
+            "controller_rss_mb": rss,
+        }
+
+
+@contextmanager
+def controller_cluster(kind: str, timings: dict[str, float], tmp: Path) -> Iterator[Bench]:
+    client = docker.from_env()
+    remove_stale(client)
+    base = (REPO / ".build" / "node-image").read_text().strip()
+    image = controller_image(client, base, REPO / ".build")
+
+    def factory(size: int) -> Cluster:
+        return Cluster(
+            image, tmp / f"cluster-{kind}-{time.monotonic_ns()}", size=size, client=client
+        ).create()
+
+    gen = make_controller_cluster(kind, factory, tmp, timings)
+    ha = next(gen)
+    try:
+        ha.observer.start()
+        yield Bench(ha, kind)
+    finally:
+        ha.observer.stop()
+        for _ in gen:
+            pass
+
+
+def run_trials(fn: Callable[[], float], trials: int, label: str) -> list[float]:
+    values = []
+    for i in range(trials):
+        values.append(fn())
+        print(f"  {label} {i + 1}/{trials}: {values[-1]:.2f} s", flush=True)
+    return values
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--backends", default="mysql,zookeeper")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "failover.json")
+    args = parser.parse_args()
+    results: dict[str, Any] = {
+        "settings": {
+            "trials": args.trials,
+            "timing_trials": TIMING,
+            "cost_trials": DEFAULT,
+            "move_wait_s": round(move_wait(Timings(**TIMING)), 2),
+            "machine": "2 cores, shared; one run, compare ratios not absolutes",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    }
+    for kind in args.backends.split(","):
+        print(f"== {kind}", flush=True)
+        values: dict[str, list[float]] = {}
+        with tempfile.TemporaryDirectory(prefix="ha-bench-") as tmp:
+            with controller_cluster(kind, TIMING, Path(tmp)) as bench:
+                values["scheduler_restart_s"] = run_trials(
+                    bench.scheduler_restart, args.trials, "scheduler restart"
+                )
+                values["controller_takeover_s"] = run_trials(
+                    bench.controller_takeover, args.trials, "controller takeover"
+                )
+                values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss")
+                values["poll_cycle_s"] = bench.poll_cycles(args.trials)
+            with controller_cluster(kind, DEFAULT, Path(tmp)) as bench:
+                bench.scheduler()
+                values.update(bench.controller_cost(args.trials, DEFAULT["poll_interval"]))
+        results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items()}
+        print(json.dumps(results[kind], indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
