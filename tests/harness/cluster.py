@@ -152,8 +152,9 @@ class Cluster:
         addresses and keep them across a stop/start (a killed node comes back as itself)."""
         start = random.randrange(256)
         for i in range(256):
-            subnet = f"172.29.{(start + i) % 256}.0/24"
-            ipam = docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet)])
+            prefix = f"172.29.{(start + i) % 256}"
+            pool = docker.types.IPAMPool(subnet=f"{prefix}.0/24", gateway=f"{prefix}.1")
+            ipam = docker.types.IPAMConfig(pool_configs=[pool])
             try:
                 return self.client.networks.create(
                     f"{self.prefix}-net", driver="bridge", labels=self.labels, ipam=ipam
