@@ -43,13 +43,16 @@ from tests.harness.controller_image import controller_image  # noqa: E402
 from tests.harness.controllers import UNIT, ControllerCluster  # noqa: E402
 from tests.harness.procs import wait_for  # noqa: E402
 
+# poll 2 s and lease 6 s as the targets state; fence_after as small as the rule
+# fence_after >= watchdog + 2 x poll allows with a 1.5 s watchdog; the stand-in
+# scheduler stops in well under stop_timeout.
 TIMING = {
     "poll_interval": 2.0,
     "lease_ttl": 6.0,
-    "fence_after": 6.0,
-    "watchdog": 2.0,
+    "fence_after": 5.5,
+    "watchdog": 1.5,
     "start_timeout": 10.0,
-    "stop_timeout": 5.0,
+    "stop_timeout": 3.0,
     "clock_drift": 0.05,
 }
 DEFAULT = {k: float(v) for k, v in vars(Timings()).items()}
@@ -255,7 +258,7 @@ def main() -> int:
         print(f"== {kind}", flush=True)
         values: dict[str, list[float]] = {}
         with tempfile.TemporaryDirectory(prefix="ha-bench-") as tmp:
-            with controller_cluster(kind, TIMING, Path(tmp)) as bench:
+            with controller_cluster(kind, TIMING, Path(tmp) / "timing") as bench:
                 values["scheduler_restart_s"] = run_trials(
                     bench.scheduler_restart, args.trials, "scheduler restart"
                 )
@@ -264,7 +267,7 @@ def main() -> int:
                 )
                 values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss")
                 values["poll_cycle_s"] = bench.poll_cycles(args.trials)
-            with controller_cluster(kind, DEFAULT, Path(tmp)) as bench:
+            with controller_cluster(kind, DEFAULT, Path(tmp) / "cost") as bench:
                 bench.scheduler()
                 values.update(bench.controller_cost(args.trials, DEFAULT["poll_interval"]))
         results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items()}
