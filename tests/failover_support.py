@@ -16,11 +16,15 @@ from tests.harness.controller_image import controller_image
 from tests.harness.controllers import FAST_TIMINGS, UNIT, ControllerCluster
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.procs import wait_for
+from tests.harness.webhook import WebhookReceiver
 from tests.harness.zookeeper import ZooKeeperCluster
 
 MOVE_WAIT = move_wait(Timings(**FAST_TIMINGS))
 TAKEOVER = FAST_TIMINGS["lease_ttl"] + 3 * FAST_TIMINGS["poll_interval"] + 10
 SETTLE = MOVE_WAIT + TAKEOVER
+
+
+WEBHOOK_TOKEN = "hook-token-not-for-logs"
 
 
 def make_controller_cluster(
@@ -49,8 +53,15 @@ def make_controller_cluster(
             servers.append(zk)
             metastore = {"type": "zookeeper", "hosts": zk.hosts.split(",")}
             password = ""
-        cc = ControllerCluster(cluster, metastore, password, timings, watchdog)
+        hook = WebhookReceiver(cluster.gateway)
+        servers.append(hook)
+        alerts = {
+            "after_failed_polls": 2,
+            "webhook_url": f"http://{cluster.gateway}:{hook.port}/hook?token={WEBHOOK_TOKEN}",
+        }
+        cc = ControllerCluster(cluster, metastore, password, timings, watchdog, alerts)
         cc.servers = servers  # type: ignore[attr-defined]
+        cc.webhook = hook  # type: ignore[attr-defined]
         cc.install()
         code, out = cc.ha("node1", "init", check=False)
         assert code == 0, out

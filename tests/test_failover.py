@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.failover_support import (
     FAST_TIMINGS,
     SETTLE,
     TAKEOVER,
     UNIT,
+    WEBHOOK_TOKEN,
     ControllerCluster,
     MariaDBServer,
     ZooKeeperCluster,
@@ -32,6 +34,7 @@ from tests.failover_support import (
     wait_healthy_on,
 )
 from tests.harness.cluster import Cluster
+from tests.harness.controllers import METRICS_PORT
 
 
 @pytest.fixture(scope="module", params=["mysql", "zookeeper"])
@@ -60,6 +63,22 @@ def test_one_active_and_one_scheduler(ha: ControllerCluster) -> None:
         assert len(st["standbys"]) == 2
 
 
+def test_metrics_endpoint_shows_one_active(ha: ControllerCluster) -> None:
+    node = scheduler_node(ha)
+    roles, up = {}, {}
+    for n in ha.cluster.nodes:
+        _, text = n.exec(f"curl -fsS -m 2 http://127.0.0.1:{METRICS_PORT}/metrics")
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "ha_toolkit_role":
+                    roles[n.name] = sample.value
+                if sample.name == "ha_toolkit_scheduler_up" and sample.value == 1:
+                    up[n.name] = sample.labels["node"]
+    assert sorted(roles.values()) == [0, 0, 1]
+    active = next(n for n, v in roles.items() if v == 1)
+    assert up == {active: node}
+
+
 def test_killed_scheduler_comes_back_on_same_node(ha: ControllerCluster) -> None:
     with ha.observed() as observer:
         node = scheduler_node(ha)
@@ -86,6 +105,8 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
     with ha.observed() as observer:
         node = scheduler_node(ha)
         broken = ha.cluster.node(node)
+        hook = ha.webhook  # type: ignore[attr-defined]
+        sent = len(hook.subjects())
         broken.put_file(
             f"/run/systemd/system/{UNIT}.service.d/broken.conf",
             b"[Service]\nExecStart=\nExecStart=/bin/false\n",
@@ -96,6 +117,15 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
             moved_to = observer.wait_single(SETTLE + 2 * FAST_TIMINGS["start_timeout"], not_on=node)
             wait_healthy_on(ha, moved_to)
             assert node in status(ha)["failed_nodes"]
+            # One alert for the incident, then one recovery, through the real webhook.
+            wait_for(
+                lambda: any("recovered" in m for m in hook.subjects()[sent:]),
+                SETTLE,
+                "the recovery message",
+            )
+            news = hook.subjects()[sent:]
+            assert len(news) == 2 and "no healthy scheduler" in news[0], news
+            assert WEBHOOK_TOKEN not in ha.dump_logs()
         finally:
             broken.exec(
                 f"rm -rf /run/systemd/system/{UNIT}.service.d && "

@@ -23,6 +23,7 @@ from .procs import wait_for
 CONFIG_DIR = "/etc/ha-toolkit"
 UNIT = "airflow-scheduler"
 CONTROLLER_UNIT = "ha-toolkit-controller"
+METRICS_PORT = 9108
 
 CONTROLLER_SERVICE = """[Unit]
 Description=ha-toolkit failover controller (test)
@@ -127,6 +128,7 @@ class ControllerCluster:
         password: str,
         timings: dict[str, float] | None = None,
         watchdog: bool = True,
+        alerts: dict[str, Any] | None = None,
     ) -> None:
         self.cluster = cluster
         self.metastore = metastore
@@ -135,6 +137,7 @@ class ControllerCluster:
         # watchdog=False: WatchdogSec=0, for tests that must freeze a controller
         # longer than the watchdog would allow.
         self.watchdog = watchdog
+        self.alerts = alerts
         self.observer = Observer(cluster.nodes)
 
     def install(self) -> None:
@@ -173,6 +176,8 @@ class ControllerCluster:
             "timings": self.timings,
             "service": {"unit": UNIT, "health_url": "http://127.0.0.1:8974/health"},
             "logging": {"level": "DEBUG"},
+            "metrics": {"listen": f"127.0.0.1:{METRICS_PORT}"},
+            **({"alerts": self.alerts} if self.alerts else {}),
         }
 
     def write_config(self, node: Node) -> None:
