@@ -10,7 +10,7 @@ export BUILD_DIR := $(CURDIR)/$(BUILD)
 # Tools from the venv first (ansible-lint checks that its own bin dir is on PATH).
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: test test-unit test-integration lint setup apt docker image clean
+.PHONY: test test-unit test-integration lint setup apt docker image clean bench
 
 test: setup lint
 	$(BIN)/pytest tests
@@ -46,6 +46,10 @@ lint: $(VENV)/.stamp
 	$(BIN)/mypy ha_toolkit
 	$(BIN)/yamllint -s .
 	$(BIN)/ansible-lint --profile production
+
+# Failover timings and controller cost (not a test): writes bench/results/failover.json.
+bench: setup
+	$(BIN)/python bench/failover.py
 
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .mypy_cache .ruff_cache
