@@ -163,21 +163,12 @@ class Controller:
         # with a record read afterwards that names another node, was not started
         # for a placement the read might have missed.
         local_running = self.local_seen_running = self.local.running()
-        sent = self.clock()
-        try:
-            record = self.store.read()
-            self.store.heartbeat(self.identity)
-        except MetastoreError as exc:
-            self._note_unreachable(exc)
-            record = None
-        else:
-            if self.unreachable_count:
-                log.warning(
-                    "metastore reachable again after %d failed reads", self.unreachable_count
-                )
-                self.unreachable_count = 0
-        if record is not None and record.scheduler_node == self.me:
-            self.confirmed_at = sent
+        record = self._read_record()
+        if record is not None:
+            try:
+                self.store.heartbeat(self.identity)
+            except MetastoreError as exc:
+                log.debug("heartbeat not recorded: %s", exc)
         if local_running:
             if record is not None and record.scheduler_node != self.me:
                 self._fence(f"the placement names {record.scheduler_node or 'no node'}")
@@ -186,6 +177,30 @@ class Controller:
             ):
                 self._fence(f"placement not confirmed for over {self.t.fence_after:.0f} s")
         return record
+
+    def _read_record(self) -> ClusterRecord | None:
+        """Read the record; one that names this node confirms its placement as of
+        the moment the read was sent."""
+        sent = self.clock()
+        try:
+            record = self.store.read()
+        except MetastoreError as exc:
+            self._note_unreachable(exc)
+            return None
+        if self.unreachable_count:
+            log.warning("metastore reachable again after %d failed reads", self.unreachable_count)
+            self.unreachable_count = 0
+        if record.scheduler_node == self.me:
+            self.confirmed_at = sent
+        return record
+
+    def _renew(self, during: str = "") -> None:
+        assert self.leader is not None
+        try:
+            self.leader.lease = self.store.renew(self.leader.lease)
+        except MetastoreError as exc:
+            self.metrics.count_renew_failure()
+            self._step_down(f"lease renew failed{during}: {exc}")
 
     def _note_unreachable(self, exc: MetastoreError) -> None:
         # Keep trying every poll (fencing needs it) but log with backoff: the
@@ -207,11 +222,7 @@ class Controller:
 
     def _hold_lease(self) -> None:
         if self.leader is not None:
-            try:
-                self.leader.lease = self.store.renew(self.leader.lease)
-            except MetastoreError as exc:
-                self.metrics.count_renew_failure()
-                self._step_down(f"lease renew failed: {exc}")
+            self._renew()
             return
         try:
             lease = self.store.acquire(self.identity, self.t.lease_ttl)
@@ -265,19 +276,9 @@ class Controller:
         return cancel
 
     def _refresh_during_action(self) -> None:
-        sent = self.clock()
-        try:
-            record = self.store.read()
-        except MetastoreError:
-            record = None
-        if record is not None and record.scheduler_node == self.me:
-            self.confirmed_at = sent
+        self._read_record()
         if self.leader is not None:
-            try:
-                self.leader.lease = self.store.renew(self.leader.lease)
-            except MetastoreError as exc:
-                self.metrics.count_renew_failure()
-                self._step_down(f"lease renew failed during an action: {exc}")
+            self._renew(" during an action")
 
     def _run_nodes(
         self, actions: dict[str, str], hosts: list[str] | None = None

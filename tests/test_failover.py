@@ -34,7 +34,7 @@ from tests.failover_support import (
     wait_healthy_on,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.controllers import METRICS_PORT
+from tests.harness.controllers import METRICS_PORT, Observer
 
 
 @pytest.fixture(scope="module", params=["mysql", "zookeeper"])
@@ -196,16 +196,24 @@ def test_watchdog_ends_a_hung_controller_and_its_scheduler(ha: ControllerCluster
         wait_healthy_on(ha, observer.wait_single(SETTLE))
 
 
+def cut_off_and_expect_move(
+    ha: ControllerCluster, observer: Observer, node: str, address: str
+) -> None:
+    """Cut `node` off from `address`: the scheduler must move elsewhere (the observer
+    checks there is never a second one), and stay there after healing."""
+    ha.cluster.cut_off(node, address)
+    try:
+        moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
+        wait_healthy_on(ha, moved_to)
+    finally:
+        ha.cluster.heal(node)
+    assert observer.wait_single(SETTLE) == moved_to
+
+
 def test_node_cut_off_from_metastore_self_fences(ha: ControllerCluster) -> None:
     with ha.observed() as observer:
         node = scheduler_node(ha)
-        ha.cluster.cut_off(node, ha.cluster.gateway)
-        try:
-            moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
-            wait_healthy_on(ha, moved_to)
-        finally:
-            ha.cluster.heal(node)
-        assert observer.wait_single(SETTLE) == moved_to
+        cut_off_and_expect_move(ha, observer, node, ha.cluster.gateway)
 
 
 def test_node_cut_off_from_active_only_reads_placement_and_stops(ha: ControllerCluster) -> None:
@@ -217,14 +225,7 @@ def test_node_cut_off_from_active_only_reads_placement_and_stops(ha: ControllerC
             code, out = ha.ha("node1", f"failover --to {target} --wait 60", check=False)
             assert code == 0, out
             node = observer.wait_single(SETTLE)
-        active_address = ha.cluster.node(active).address
-        ha.cluster.cut_off(node, active_address)
-        try:
-            moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
-            wait_healthy_on(ha, moved_to)
-        finally:
-            ha.cluster.heal(node)
-        assert observer.wait_single(SETTLE) == moved_to
+        cut_off_and_expect_move(ha, observer, node, ha.cluster.node(active).address)
 
 
 def test_metastore_outage_no_overlap_then_recovery(ha: ControllerCluster) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from ha_toolkit.nodes import SchedulerNodes
 from tests.failover_support import (
     FAST_TIMINGS,
     SETTLE,
@@ -83,3 +84,23 @@ def test_frozen_active_steps_down_and_its_epoch_is_refused(
             assert refused["refused"] is True and not refused["changed"]
             assert f"epoch {old_epoch} < {seen}" in refused["message"]
         assert observer.wait_single(SETTLE) == target
+
+
+def test_node_actions_are_idempotent(ha_no_watchdog: ControllerCluster) -> None:
+    """Starting a running scheduler or stopping a stopped one changes nothing (changed=0),
+    through the same playbook run the controller uses, over SSH from the host."""
+    ha = ha_no_watchdog
+    with ha.observed():
+        scheduler = scheduler_node(ha)
+        idle = [n.name for n in ha.cluster.nodes if n.name != scheduler]
+        nodes = SchedulerNodes(
+            ha.cluster.inventory, "masters", UNIT, "http://127.0.0.1:8974/health", stop_timeout=3
+        )
+        epoch = status(ha)["epoch"]
+        actions = {scheduler: "start", **{n: "stop" for n in idle}}
+        result = nodes.run(actions, epoch, timeout=60, hosts=list(actions))
+        assert {n: (s.reachable, s.changed, s.refused) for n, s in result.items()} == {
+            n: (True, False, False) for n in actions
+        }
+        assert result[scheduler].running and result[scheduler].healthy
+        assert not any(result[n].running for n in idle)
