@@ -63,8 +63,8 @@ def node_image(docker_client: object) -> str:
 @pytest.fixture
 def mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
     server = MariaDBServer(tmp_path / "mariadb")
-    server.start()
     try:
+        server.start()  # inside try: a server that fails to come up is still stopped
         yield server
     finally:
         server.stop()
@@ -73,8 +73,8 @@ def mariadb(tmp_path: Path) -> Iterator[MariaDBServer]:
 @pytest.fixture
 def zookeeper(tmp_path: Path) -> Iterator[ZooKeeperCluster]:
     zk = ZooKeeperCluster(tmp_path / "zookeeper", size=1)
-    zk.start()
     try:
+        zk.start()  # inside try: a server that fails to come up is still stopped
         yield zk
     finally:
         zk.stop()
@@ -83,8 +83,8 @@ def zookeeper(tmp_path: Path) -> Iterator[ZooKeeperCluster]:
 @pytest.fixture
 def zookeeper_ensemble(tmp_path: Path) -> Iterator[ZooKeeperCluster]:
     zk = ZooKeeperCluster(tmp_path / "zookeeper", size=3)
-    zk.start()
     try:
+        zk.start()  # inside try: a server that fails to come up is still stopped
         yield zk
     finally:
         zk.stop()

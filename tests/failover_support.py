@@ -40,8 +40,8 @@ def make_controller_cluster(
     try:
         if kind == "mysql":
             db = MariaDBServer(tmp / "mariadb", host=cluster.gateway)
+            servers.append(db)  # before start(): a half-started server is stopped too
             db.start()
-            servers.append(db)
             metastore = {
                 "type": "mysql",
                 "dsn": f"mysql://{db.user}@{db.host}:{db.port}/{db.database}",
@@ -49,8 +49,8 @@ def make_controller_cluster(
             password = db.password
         else:
             zk = ZooKeeperCluster(tmp / "zookeeper", size=3, host=cluster.gateway)
-            zk.start()
             servers.append(zk)
+            zk.start()
             metastore = {"type": "zookeeper", "hosts": zk.hosts.split(",")}
             password = ""
         hook = WebhookReceiver(cluster.gateway)
