@@ -183,17 +183,18 @@ class Bench:
         holder, _ = self.holder()
         assert holder
         node = self.ha.cluster.node(holder.split("#")[0])
-        node.container.reload()
-        cg = Path(
-            f"/sys/fs/cgroup/cpuacct/docker/{node.container.id}/system.slice/"
-            "ha-toolkit-controller.service/cpuacct.usage"
-        )
+
+        def cpu_seconds() -> float:
+            # The unit's whole cgroup: the controller and its Ansible children.
+            _, out = node.exec("systemctl show -p CPUUsageNSec --value ha-toolkit-controller")
+            return int(out.strip()) / 1e9
+
         pct, per_poll, rss = [], [], []
         for _ in range(polls):
-            t0, c0 = time.monotonic(), int(cg.read_text())
+            t0, c0 = time.monotonic(), cpu_seconds()
             time.sleep(poll_interval)  # a measurement window, not synchronisation
-            t1, c1 = time.monotonic(), int(cg.read_text())
-            cpu = (c1 - c0) / 1e9
+            t1, c1 = time.monotonic(), cpu_seconds()
+            cpu = c1 - c0
             pct.append(100 * cpu / (t1 - t0))
             per_poll.append(cpu * poll_interval / (t1 - t0))
             _, out = node.exec(

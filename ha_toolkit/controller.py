@@ -76,6 +76,7 @@ class Controller:
         self.confirmed_at: float | None = None  # last read naming this node (send time)
         self.local_seen_running = False  # the local scheduler, at the last look
         self.unreachable_count = 0  # consecutive failed metastore reads
+        self.acquire_after: float | None = None  # see _defer_acquire
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -144,7 +145,7 @@ class Controller:
         cycle_started = self.clock()
         self.ping_watchdog()
         record = self._read_and_fence()
-        self._hold_lease()
+        self._hold_lease(record)
         if self.leader is not None and record is not None:
             if record.paused:
                 self.metrics.set_paused(True)
@@ -220,9 +221,11 @@ class Controller:
         self.local_seen_running = not stopped
         self._event("self-fence", self.me, f"{'stopped' if stopped else 'FAILED'}: {reason}")
 
-    def _hold_lease(self) -> None:
+    def _hold_lease(self, record: ClusterRecord | None) -> None:
         if self.leader is not None:
             self._renew()
+            return
+        if self._defer_acquire(record):
             return
         try:
             lease = self.store.acquire(self.identity, self.t.lease_ttl)
@@ -231,7 +234,7 @@ class Controller:
             return
         if lease is None:
             return
-        decider = Decider(self.nodes.masters, self.t.start_timeout, self.move_wait)
+        decider = Decider(self.nodes.masters, self.t.start_timeout, self.move_wait, self.me)
         # Whatever the placement is, we have known it only since now: a node we
         # cannot observe gets the full move_wait to notice and fence itself.
         decider.placement_written(self.clock())
@@ -241,6 +244,17 @@ class Controller:
         self.metrics.set_epoch(lease.epoch)
         log.info("became ACTIVE with epoch %d", lease.epoch)
         self._event("became-active", None, "ok")
+
+    def _defer_acquire(self, record: ClusterRecord | None) -> bool:
+        """On the scheduler's node, let one poll pass after the lease fell free before
+        contending for it: another controller then wins if one is alive, so losing
+        one node rarely takes the ACTIVE and the scheduler at once."""
+        if not (self.local_seen_running and record is not None and record.holder is None):
+            self.acquire_after = None
+            return False
+        if self.acquire_after is None:
+            self.acquire_after = self.clock() + self.t.poll_interval
+        return self.clock() < self.acquire_after
 
     def _step_down(self, reason: str) -> None:
         if self.leader is None:

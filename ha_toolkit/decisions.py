@@ -12,6 +12,9 @@ Rules, in order:
 2. No placement recorded: adopt the one running scheduler; if several run,
    keep the first serving one in inventory order and stop the rest; if none
    runs, place it on the first reachable master.
+
+Choosing a master (rules 2-4) skips unreachable ones, prefers ones not marked
+failed and, among those, ones other than the ACTIVE's own node.
 3. The placed node is unreachable: move to the next master.
 4. The placed node's scheduler is down or unhealthy: leave it alone while it
    is still starting (up to ``start_timeout``), else (re)start it once there;
@@ -57,6 +60,7 @@ class Decider:
     masters: Sequence[str]
     start_timeout: float
     move_wait: float
+    me: str | None = None  # the ACTIVE's own node
     placement_since: float = 0.0  # since when the placement has been what it is
     attempts: dict[str, float] = field(default_factory=dict)  # node -> when we (re)started it
 
@@ -120,13 +124,16 @@ class Decider:
         self, after: str | None, failed: Sequence[str], obs: Mapping[str, NodeStatus]
     ) -> str | None:
         """The next reachable master after `after` in inventory order, preferring
-        ones not marked failed."""
+        ones not marked failed, and then ones other than the ACTIVE's own node (so
+        losing one node never takes the ACTIVE and the scheduler at once)."""
         start = self.masters.index(after) + 1 if after in self.masters else 0
         order = [self.masters[(start + i) % len(self.masters)] for i in range(len(self.masters))]
         candidates = [m for m in order if m != after and _st(obs, m).reachable]
         fresh = [m for m in candidates if m not in failed]
-        chosen = fresh or candidates
-        return chosen[0] if chosen else None
+        for tier in ([m for m in fresh if m != self.me], fresh, candidates):
+            if tier:
+                return tier[0]
+        return None
 
     def _place_fresh(
         self, obs: Mapping[str, NodeStatus], running: list[str], failed: tuple[str, ...]

@@ -138,3 +138,13 @@ def test_start_is_safe_only_when_others_are_seen_stopped_or_after_move_wait() ->
     assert not d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 100.0)
     assert not d.safe_to_start("m2", obs(up("m1"), down("m2"), down("m3")), 129.9)
     assert d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 130.0)
+
+
+def test_new_placements_avoid_the_active_node_when_they_can() -> None:
+    d = Decider(MASTERS, start_timeout=10.0, move_wait=30.0, me="m1")
+    plan = d.plan(ClusterRecord(), obs(down("m1"), down("m2"), down("m3")), 0)
+    assert plan.place == "m2"
+    plan = d.plan(ClusterRecord(scheduler_node="m3"), obs(down("m1"), gone("m2"), gone("m3")), 0)
+    assert plan.place == "m1"  # the only reachable master left
+    healthy_on_active = d.plan(ClusterRecord(scheduler_node="m1"), obs(up("m1"), down("m2")), 0)
+    assert not healthy_on_active.acts  # a healthy scheduler is not moved for this

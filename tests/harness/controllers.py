@@ -35,6 +35,8 @@ ExecStart=/opt/ha-toolkit/bin/ha-toolkit controller run --config /etc/ha-toolkit
 WatchdogSec={watchdog}
 Restart=on-failure
 RestartSec=1
+CPUAccounting=yes
+MemoryAccounting=yes
 Environment=ANSIBLE_HOME=/var/lib/ha-toolkit/ansible
 Environment=HOME=/root
 """
