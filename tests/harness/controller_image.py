@@ -45,7 +45,12 @@ def _tar_dir(files: dict[str, Path]) -> bytes:
 
 
 def _build_layer(
-    client: docker.DockerClient, base: str, tag: str, files: dict[str, Path], script: str
+    client: docker.DockerClient,
+    base: str,
+    tag: str,
+    files: dict[str, Path],
+    script: str,
+    volumes: dict[str, dict[str, str]] | None = None,
 ) -> str:
     try:
         client.images.get(tag)
@@ -53,7 +58,11 @@ def _build_layer(
     except docker.errors.ImageNotFound:
         pass
     container = client.containers.run(
-        base, command=["sleep", "infinity"], detach=True, labels={"ha-toolkit.build": "1"}
+        base,
+        command=["sleep", "infinity"],
+        detach=True,
+        labels={"ha-toolkit.build": "1"},
+        volumes=volumes or {},
     )
     try:
         container.exec_run(["mkdir", "-p", "/tmp/build"])
@@ -138,3 +147,46 @@ install -D -m 0644 /tmp/build/ha-toolkit-binds.conf \
 install -d -m 0700 /etc/ha-toolkit /var/lib/ha-toolkit
 """
     return _build_layer(client, deps_tag, code_tag, files, script)
+
+
+AIRFLOW_UNIT = """[Unit]
+Description=Airflow scheduler (real, SQLite; test image)
+
+[Service]
+Environment=AIRFLOW_HOME=/var/lib/airflow
+Environment=AIRFLOW__CORE__LOAD_EXAMPLES=False
+Environment=AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK=True
+Environment=AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST=127.0.0.1
+ExecStart=/opt/airflow/bin/airflow scheduler
+Restart=on-failure
+RestartSec=1
+"""
+
+
+def airflow_image(client: docker.DockerClient, controller_tag: str, build_dir: Path) -> str:
+    """The controller image with a real Airflow scheduler as the `airflow-scheduler`
+    unit (SQLite metadata database per node), from the Airflow wheelhouse built on
+    the host by scripts/airflow-wheelhouse.sh."""
+    wheelhouse = build_dir / "wheelhouse-airflow"
+    subprocess.run(
+        ["bash", str(REPO / "scripts" / "airflow-wheelhouse.sh"), str(wheelhouse)], check=True
+    )
+    stamp = (wheelhouse / ".stamp").read_text().strip()
+    tag = "ha-toolkit-airflow:" + _hash_paths(extra=controller_tag + stamp + AIRFLOW_UNIT)
+    unit = build_dir / "airflow-scheduler.service"
+    unit.write_text(AIRFLOW_UNIT)
+    script = """
+python3 -m venv /opt/airflow
+/opt/airflow/bin/pip install -q --no-index --find-links /wheelhouse apache-airflow psycopg2-binary
+install -m 0644 /tmp/build/airflow-scheduler.service /etc/systemd/system/airflow-scheduler.service
+mkdir -p /var/lib/airflow
+AIRFLOW_HOME=/var/lib/airflow AIRFLOW__CORE__LOAD_EXAMPLES=False /opt/airflow/bin/airflow db migrate
+"""
+    return _build_layer(
+        client,
+        controller_tag,
+        tag,
+        {"airflow-scheduler.service": unit},
+        script,
+        volumes={str(wheelhouse.resolve()): {"bind": "/wheelhouse", "mode": "ro"}},
+    )
