@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Build the Airflow wheelhouse on the host, for offline installs by the
+# `airflow` role (pip inside the nodes has no route to an index it trusts).
+#
+#   scripts/airflow-wheelhouse.sh [OUT_DIR]     default: .build/wheelhouse-airflow
+#
+# Writes OUT_DIR/*.whl and OUT_DIR.tar (the same wheels in one file: the role
+# copies one archive instead of ~150 files). Wheels are chosen for the nodes,
+# not for this host: CPython 3.11, glibc <= 2.36 (Debian 12), x86_64. Nothing
+# is done when OUT_DIR/.stamp already records the same inputs.
+#
+# Environment: AIRFLOW_VERSION (3.3.2), AIRFLOW_EXTRAS (celery,postgres,fab),
+# AIRFLOW_PYTHON_VERSION (3.11), AIRFLOW_GLIBC_MINOR (36), PIP (pip of .venv).
+set -euo pipefail
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+out="${1:-$repo/.build/wheelhouse-airflow}"
+version="${AIRFLOW_VERSION:-3.3.2}"
+extras="${AIRFLOW_EXTRAS:-celery,postgres,fab}"
+pyver="${AIRFLOW_PYTHON_VERSION:-3.11}"
+glibc_minor="${AIRFLOW_GLIBC_MINOR:-36}"
+pip="${PIP:-$repo/.venv/bin/pip}"
+[ -x "$pip" ] || pip="python3 -m pip"
+
+requirements=("apache-airflow[$extras]==$version" "psycopg2-binary")
+stamp="$( { cat "$0"; echo "$version $extras $pyver $glibc_minor ${requirements[*]}"; } \
+    | sha256sum | cut -c1-16)"
+if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out.tar" ]; then
+    echo "airflow-wheelhouse: $out is up to date" >&2
+    exit 0
+fi
+
+# pip does not widen an explicit manylinux_2_X platform to older glibc
+# versions, so name every one the nodes can run.
+platforms=(--platform manylinux2014_x86_64 --platform manylinux2010_x86_64 --platform manylinux1_x86_64)
+for minor in $(seq 17 "$glibc_minor"); do
+    platforms+=(--platform "manylinux_2_${minor}_x86_64")
+done
+
+tmp="$out.tmp"
+rm -rf "$tmp"
+mkdir -p "$tmp"
+start=$(date +%s)
+echo "airflow-wheelhouse: downloading apache-airflow[$extras]==$version for CPython $pyver (a few minutes, ~350 MB)" >&2
+# shellcheck disable=SC2086
+$pip download -q --disable-pip-version-check --only-binary=:all: \
+    --python-version "$pyver" --implementation cp --abi "cp${pyver/./}" "${platforms[@]}" \
+    --dest "$tmp" "${requirements[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
+echo "$stamp" > "$tmp/.stamp"
+rm -rf "$out" "$out.tar"
+mv "$tmp" "$out"
+tar -C "$out" -cf "$out.tar.tmp" --exclude .stamp .
+mv "$out.tar.tmp" "$out.tar"
+echo "airflow-wheelhouse: $(find "$out" -name '*.whl' | wc -l) wheels, $(du -sh "$out" | cut -f1), $(( $(date +%s) - start )) s" >&2
