@@ -37,7 +37,10 @@ import docker  # noqa: E402
 
 from ha_toolkit.config import MetastoreConfig, Timings, move_wait  # noqa: E402
 from ha_toolkit.metastore import open_metastore  # noqa: E402
-from tests.failover_support import make_controller_cluster, wait_healthy_on  # noqa: E402
+from tests.failover_support import (  # noqa: E402
+    make_controller_cluster,
+    scheduler_node,
+)
 from tests.harness.cluster import Cluster, remove_stale  # noqa: E402
 from tests.harness.controller_image import controller_image  # noqa: E402
 from tests.harness.controllers import UNIT, ControllerCluster  # noqa: E402
@@ -100,9 +103,9 @@ class Bench:
         return record.holder, record.epoch
 
     def scheduler(self) -> str:
-        node = self.ha.observer.wait_single(120)
-        wait_healthy_on(self.ha, node, 120)
-        return node
+        """The scheduler node once the ACTIVE has seen it healthy for two polls: every
+        trial starts from a settled cluster (and systemd's start rate limit has room)."""
+        return scheduler_node(self.ha)
 
     def healthy_on(self, node: str) -> bool:
         code, _ = self.ha.cluster.node(node).exec(
