@@ -80,6 +80,10 @@ class Controller:
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
+        # A node fences itself once its placement is unconfirmed for this long. With a
+        # watchdog, the loop stops feeding it at the same moment, so a loop that hangs
+        # instead of fencing is killed (its scheduler with it) by fence_after.
+        self.fence_window = self.t.fence_after - (self.watchdog or 0.0)
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
@@ -111,7 +115,7 @@ class Controller:
         wake = cycle_started + self.t.poll_interval
         if self.confirmed_at is not None and self.local.running():
             # Wake exactly when this node's right to run the scheduler lapses.
-            wake = min(wake, self.confirmed_at + self.t.fence_after)
+            wake = min(wake, self.confirmed_at + self.fence_window)
         return wake
 
     def shutdown(self) -> None:
@@ -128,16 +132,19 @@ class Controller:
 
     def ping_watchdog(self) -> None:
         """Feed systemd's watchdog, except while this node runs a scheduler whose
-        placement has gone unconfirmed for longer than fence_after - watchdog: from
-        then on, if this loop hangs, systemd kills it (and through BindsTo the
-        scheduler) no later than fence_after after the last confirmation, the
-        moment by which a healthy loop would have fenced itself."""
+        placement has gone unconfirmed for longer than the fence window
+        (fence_after - watchdog): a healthy loop fences itself at that moment; one
+        that hangs instead is killed by systemd, and the scheduler with it through
+        BindsTo, no later than fence_after after the last confirmation."""
         if not self.watchdog:
             return
-        if self.local_seen_running and self.confirmed_at is not None:
-            age = self.clock() - self.confirmed_at
-            if age > self.t.fence_after - self.watchdog:
-                return
+        stale = (
+            self.local_seen_running
+            and self.confirmed_at is not None
+            and self.clock() - self.confirmed_at > self.fence_window
+        )
+        if stale:
+            return
         sd_notify("WATCHDOG=1")
 
     # -- one cycle ---------------------------------------------------------------------------
@@ -174,9 +181,9 @@ class Controller:
             if record is not None and record.scheduler_node != self.me:
                 self._fence(f"the placement names {record.scheduler_node or 'no node'}")
             elif record is None and (
-                self.confirmed_at is None or self.clock() - self.confirmed_at > self.t.fence_after
+                self.confirmed_at is None or self.clock() - self.confirmed_at >= self.fence_window
             ):
-                self._fence(f"placement not confirmed for over {self.t.fence_after:.0f} s")
+                self._fence(f"placement not confirmed for {self.fence_window:g} s")
         return record
 
     def _read_record(self) -> ClusterRecord | None:
