@@ -54,3 +54,8 @@ bench: setup
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# The infrastructure roles (PostgreSQL, MariaDB, ZooKeeper, RabbitMQ, HAProxy) on three node containers.
+.PHONY: test-molecule-infra
+test-molecule-infra: setup
+	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s infra
