@@ -15,7 +15,8 @@ Rules, in order:
 
 Choosing a master (rules 2-4) skips unreachable ones, prefers ones not marked
 failed and, among those, ones other than the ACTIVE's own node.
-3. The placed node is unreachable: move to the next master.
+3. The placed node is unreachable: move to the next master (the node is not
+   marked failed: being unreachable says nothing about its scheduler).
 4. The placed node's scheduler is down or unhealthy: leave it alone while it
    is still starting (up to ``start_timeout``), else (re)start it once there;
    if that does not bring it up within ``start_timeout``, move it.
@@ -85,6 +86,8 @@ class Decider:
         status = _st(obs, placed)
         strays = tuple(m for m in running if m != placed)
         if not status.reachable:
+            # Not marked failed: an unreachable node says nothing about whether the
+            # scheduler can run there once it is back.
             return self._move(placed, failed, obs, running, f"{placed} is unreachable")
         if status.serving and status.healthy is not False:
             self.attempts.pop(placed, None)
@@ -111,7 +114,8 @@ class Decider:
         if status.running and now - attempted < self.start_timeout:
             return Plan(f"scheduler on {placed} is starting after a restart", stop=strays)
         why = "did not become healthy" if status.running else "did not start"
-        return self._move(placed, failed, obs, running, f"scheduler on {placed} {why}")
+        marked = tuple(dict.fromkeys((*failed, placed)))
+        return self._move(placed, marked, obs, running, f"scheduler on {placed} {why}")
 
     def safe_to_start(self, target: str, obs: Mapping[str, NodeStatus], now: float) -> bool:
         others_stopped = all(
@@ -173,11 +177,10 @@ class Decider:
                 stop=tuple(m for m in running if m != source),
             )
         self.attempts.pop(target, None)
-        marked = tuple(dict.fromkeys((*failed, source)))
         return Plan(
             f"{why}: move to {target}",
             place=target,
-            failed_nodes=marked,
+            failed_nodes=failed,
             stop=tuple(m for m in running if m != target),
             start=target,
         )
