@@ -10,13 +10,15 @@
 # is done when OUT_DIR/.stamp already records the same inputs.
 #
 # Environment: AIRFLOW_VERSION (3.3.2), AIRFLOW_EXTRAS (celery,postgres,fab),
-# AIRFLOW_PYTHON_VERSION (3.11), AIRFLOW_GLIBC_MINOR (36), PIP (pip of .venv).
+# AIRFLOW_PYTHON_VERSION (3.11.2, Debian 12's python3:
+# dependency markers such as python_full_version < "3.11.3" depend on the patch level), AIRFLOW_GLIBC_MINOR (36), PIP (pip of .venv).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 out="${1:-$repo/.build/wheelhouse-airflow}"
 version="${AIRFLOW_VERSION:-3.3.2}"
 extras="${AIRFLOW_EXTRAS:-celery,postgres,fab}"
-pyver="${AIRFLOW_PYTHON_VERSION:-3.11}"
+pyver="${AIRFLOW_PYTHON_VERSION:-3.11.2}"
+abi="cp$(echo "$pyver" | cut -d. -f1,2 | tr -d .)"
 glibc_minor="${AIRFLOW_GLIBC_MINOR:-36}"
 pip="${PIP:-$repo/.venv/bin/pip}"
 [ -x "$pip" ] || pip="python3 -m pip"
@@ -41,9 +43,8 @@ rm -rf "$tmp"
 mkdir -p "$tmp"
 start=$(date +%s)
 echo "airflow-wheelhouse: downloading apache-airflow[$extras]==$version for CPython $pyver (a few minutes, ~350 MB)" >&2
-# shellcheck disable=SC2086
 $pip download -q --disable-pip-version-check --only-binary=:all: \
-    --python-version "$pyver" --implementation cp --abi "cp${pyver/./}" "${platforms[@]}" \
+    --python-version "$pyver" --implementation cp --abi "$abi" "${platforms[@]}" \
     --dest "$tmp" "${requirements[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
 echo "$stamp" > "$tmp/.stamp"
 rm -rf "$out" "$out.tar"
