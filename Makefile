@@ -59,3 +59,48 @@ clean:
 .PHONY: test-molecule-infra
 test-molecule-infra: setup
 	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s infra
+
+# --- Provisioning: wheelhouses for offline nodes, the default Molecule scenario, the demo ---
+.PHONY: wheelhouse test-molecule demo demo-down
+DEMO_SECRETS := $(BUILD)/demo/secrets.yml
+
+# Wheels for the nodes, cached under .build (each rebuilt only when its inputs change).
+wheelhouse: $(VENV)/.stamp
+	@bash scripts/airflow-wheelhouse.sh
+	@bash scripts/controller-wheelhouse.sh
+
+# The whole cluster (site.yml) on four containers: converge, idempotence, check, verify.
+test-molecule: setup wheelhouse
+	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s default
+
+# A local cluster: containers labelled ha-toolkit.demo=1, the load balancer on 127.0.0.1:8080.
+demo: setup wheelhouse $(DEMO_SECRETS)
+	$(BIN)/ansible-playbook -i inventory/demo/hosts.yml inventory/demo/containers.yml \
+		-e demo_image="$$(cat $(BUILD)/node-image)"
+	ANSIBLE_PIPELINING=True $(BIN)/ansible-playbook -i inventory/demo/hosts.yml \
+		-e @$(DEMO_SECRETS) playbooks/site.yml
+	@echo
+	@echo "Airflow:  http://127.0.0.1:8080"
+	@echo "login:    admin / $$(sed -n 's/^airflow_admin_password: "\(.*\)"$$/\1/p' $(DEMO_SECRETS))"
+	@echo "status:   docker exec demo-m1 sudo -u ha-toolkit /opt/ha-toolkit/bin/ha-toolkit status"
+	@echo
+	@docker exec demo-m1 sudo -u ha-toolkit env HOME=/var/lib/ha-toolkit-controller \
+		/opt/ha-toolkit/bin/ha-toolkit --config /etc/ha-toolkit/controller.yml status
+	@echo "remove it all: make demo-down"
+
+# Fresh random secrets for the demo, made once (0600).
+$(DEMO_SECRETS):
+	@mkdir -p $(@D)
+	@umask 077 && $(PYTHON) -c 'import base64, json, os, secrets; \
+	t = lambda: secrets.token_hex(16); \
+	print("\n".join(f"{k}: {json.dumps(v)}" for k, v in { \
+	  "postgresql_airflow_password": t(), "mysql_metastore_password": t(), \
+	  "rabbitmq_erlang_cookie": secrets.token_hex(24), "rabbitmq_airflow_password": t(), \
+	  "haproxy_stats_password": t(), "airflow_jwt_secret": t(), "airflow_api_secret_key": t(), \
+	  "airflow_fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(), \
+	  "airflow_admin_password": t()}.items()))' > $@
+
+demo-down:
+	-docker ps -aq --filter label=ha-toolkit.demo=1 | xargs -r docker rm -f -v
+	-docker network ls -q --filter label=ha-toolkit.demo=1 | xargs -r docker network rm
+	rm -rf $(BUILD)/demo
