@@ -224,7 +224,7 @@ class Controller:
             )
 
     def _fence(self, reason: str) -> None:
-        stopped = self.local.fence(reason)
+        stopped = self.local.fence(reason, keepalive=self.ping_watchdog)
         self.local_seen_running = not stopped
         self._event("self-fence", self.me, f"{'stopped' if stopped else 'FAILED'}: {reason}")
 

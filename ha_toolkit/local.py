@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 from ha_toolkit import node_action
@@ -59,8 +60,16 @@ class LocalScheduler:
     def running(self) -> bool:
         return bool(node_action.unit_state(self.unit)["running"])
 
-    def fence(self, reason: str) -> bool:
-        """Stop the local scheduler now. True when it is confirmed stopped."""
+    def fence(self, reason: str, keepalive: Callable[[], None] | None = None) -> bool:
+        """Stop the local scheduler now. True when it is confirmed stopped.
+        `keepalive` is called while the playbook runs (the controller feeds its
+        watchdog there, as far as that is still safe)."""
+
+        def cancel() -> bool:
+            if keepalive is not None:
+                keepalive()
+            return False
+
         log.warning("self-fencing: stopping %s on %s: %s", self.unit, self.node, reason)
         try:
             result = run_playbook(
@@ -75,6 +84,7 @@ class LocalScheduler:
                 },
                 timeout=self.stop_timeout + 15,
                 forks=1,
+                cancel=cancel,
             )
             host = result.hosts.get(self.node)
             if host is not None and host.ok and not host.report.get("running", True):

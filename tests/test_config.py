@@ -25,6 +25,7 @@ from ha_toolkit.config import (
     move_wait,
     write_sample_config,
 )
+from tests.harness.controllers import FAST_TIMINGS
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "Sw0rdf1sh-NEVER-SHOWN"  # inline metastore password in BASE
@@ -359,7 +360,8 @@ def test_timing_rules_and_move_wait() -> None:
     assert check_timings(Timings(poll_interval=-1)) == [
         "timings.poll_interval: must be > 0 (got -1)"
     ]
-    # The integration harness's fast timings (tests/harness/controllers.py) are valid.
+    # The integration harness's fast timings are valid.
+    assert check_timings(Timings(**FAST_TIMINGS)) == []
     fast = Timings(1.0, lease_ttl=5.0, fence_after=4.0, start_timeout=6.0, stop_timeout=3.0)
     assert check_timings(dataclasses.replace(fast, watchdog=1.5)) == []
     assert check_timings(dataclasses.replace(fast, watchdog=2.5)) == [

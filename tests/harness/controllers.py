@@ -44,10 +44,11 @@ Environment=HOME=/root
 FAST_TIMINGS = {
     "poll_interval": 1.0,
     "lease_ttl": 5.0,
-    "fence_after": 4.0,
+    "fence_after": 6.0,
     "start_timeout": 6.0,
     "stop_timeout": 3.0,
-    "watchdog": 1.5,
+    # Generous against a loaded 2-core machine: a missed ping kills a controller.
+    "watchdog": 3.0,
     "clock_drift": 0.05,
 }
 
