@@ -23,7 +23,10 @@ glibc_minor="${AIRFLOW_GLIBC_MINOR:-36}"
 pip="${PIP:-$repo/.venv/bin/pip}"
 [ -x "$pip" ] || pip="python3 -m pip"
 
-requirements=("apache-airflow[$extras]==$version" "psycopg2-binary")
+# pip evaluates environment markers with the interpreter it runs on, not the
+# target's: redis needs async-timeout on Python < 3.11.3 (Debian 12 has 3.11.2),
+# which a newer host Python would leave out.
+requirements=("apache-airflow[$extras]==$version" "psycopg2-binary" "async-timeout>=4.0.3")
 stamp="$( { cat "$0"; echo "$version $extras $pyver $glibc_minor ${requirements[*]}"; } \
     | sha256sum | cut -c1-16)"
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out.tar" ]; then
