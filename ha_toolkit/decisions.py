@@ -19,7 +19,8 @@ failed and, among those, ones other than the ACTIVE's own node.
    marked failed: being unreachable says nothing about its scheduler).
 4. The placed node's scheduler is down or unhealthy: leave it alone while it
    is still starting (up to ``start_timeout``), else (re)start it once there;
-   if that does not bring it up within ``start_timeout``, move it.
+   if that does not bring it up within ``start_timeout``, or it fails again
+   within ``FLAP_WINDOW_FACTOR`` start timeouts of that restart, move it.
 5. Any scheduler running anywhere but the placed node is stopped.
 
 A start is only *safe* when no other master may still run a scheduler: every
@@ -35,6 +36,10 @@ from dataclasses import dataclass, field
 
 from ha_toolkit.metastore import ClusterRecord
 from ha_toolkit.nodes import NodeStatus
+
+# A scheduler that needs the controller to (re)start it again within this many
+# start_timeouts of the last (re)start is moved rather than restarted once more.
+FLAP_WINDOW_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -64,12 +69,23 @@ class Decider:
     me: str | None = None  # the ACTIVE's own node
     placement_since: float = 0.0  # since when the placement has been what it is
     attempts: dict[str, float] = field(default_factory=dict)  # node -> when we (re)started it
+    restarts: dict[str, list[float]] = field(default_factory=dict)  # node -> recent (re)starts
 
     def placement_written(self, now: float) -> None:
         self.placement_since = now
 
     def started(self, node: str, now: float) -> None:
         self.attempts[node] = now
+        self.restarts.setdefault(node, []).append(now)
+
+    def _flapping(self, node: str, now: float) -> bool:
+        """The controller already had to (re)start the scheduler here within the flap
+        window: it came up and went down again (a crash loop, or a node whose
+        controller keeps fencing it because it cannot reach the metastore)."""
+        window = FLAP_WINDOW_FACTOR * self.start_timeout
+        recent = [t for t in self.restarts.get(node, []) if now - t < window]
+        self.restarts[node] = recent
+        return bool(recent)
 
     # -- the decision ------------------------------------------------------------------------
     def plan(self, record: ClusterRecord, obs: Mapping[str, NodeStatus], now: float) -> Plan:
@@ -106,6 +122,10 @@ class Decider:
             starting = status.running and (status.since_start or 0.0) < self.start_timeout
             if starting:
                 return Plan(f"scheduler on {placed} is starting", stop=strays)
+            if self._flapping(placed, now):
+                marked = tuple(dict.fromkeys((*failed, placed)))
+                why = f"scheduler on {placed} failed again soon after a restart"
+                return self._move(placed, marked, obs, running, why)
             if status.running:
                 return Plan(
                     f"scheduler on {placed} is unhealthy: restart", restart=placed, stop=strays

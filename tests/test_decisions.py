@@ -148,3 +148,19 @@ def test_new_placements_avoid_the_active_node_when_they_can() -> None:
     assert plan.place == "m1"  # the only reachable master left
     healthy_on_active = d.plan(ClusterRecord(scheduler_node="m1"), obs(up("m1"), down("m2")), 0)
     assert not healthy_on_active.acts  # a healthy scheduler is not moved for this
+
+
+def test_a_scheduler_that_keeps_failing_after_restarts_is_moved() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 0)
+    assert plan.start == "m1"
+    d.started("m1", 0)
+    assert not d.plan(record, obs(up("m1"), down("m2"), down("m3")), 2).acts  # healthy again
+    plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 5)  # down again, soon
+    assert plan.place == "m2" and plan.failed_nodes == ("m1",)
+    d2 = decider()
+    d2.started("m1", 0)
+    d2.plan(record, obs(up("m1"), down("m2"), down("m3")), 2)
+    plan = d2.plan(record, obs(down("m1"), down("m2"), down("m3")), 21)  # long after: restart
+    assert plan.start == "m1" and plan.place is None
