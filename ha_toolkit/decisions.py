@@ -76,10 +76,9 @@ class Decider:
 
     def started(self, node: str, now: float) -> None:
         self.attempts[node] = now
-        self.restarts.setdefault(node, []).append(now)
 
     def _flapping(self, node: str, now: float) -> bool:
-        """The controller already had to (re)start the scheduler here within the flap
+        """The controller already had to repair the scheduler here within the flap
         window: it came up and went down again (a crash loop, or a node whose
         controller keeps fencing it because it cannot reach the metastore)."""
         window = FLAP_WINDOW_FACTOR * self.start_timeout
@@ -126,6 +125,8 @@ class Decider:
                 marked = tuple(dict.fromkeys((*failed, placed)))
                 why = f"scheduler on {placed} failed again soon after a restart"
                 return self._move(placed, marked, obs, running, why)
+            # A repair, unlike a first start or a move, counts towards flapping.
+            self.restarts.setdefault(placed, []).append(now)
             if status.running:
                 return Plan(
                     f"scheduler on {placed} is unhealthy: restart", restart=placed, stop=strays
