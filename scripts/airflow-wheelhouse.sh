@@ -26,7 +26,10 @@ pip="${PIP:-$repo/.venv/bin/pip}"
 # pip evaluates environment markers with the interpreter it runs on, not the
 # target's: redis needs async-timeout on Python < 3.11.3 (Debian 12 has 3.11.2),
 # which a newer host Python would leave out.
-requirements=("apache-airflow[$extras]==$version" "psycopg2-binary" "async-timeout>=4.0.3")
+# Celery 5.7 removed celery.backends.database.retry, which the celery provider
+# imports (Airflow's constraints file would pin it; the role's airflow_pip_pins
+# does): keep 5.5 (quorum queue settings) or 5.6.
+requirements=("apache-airflow[$extras]==$version" "psycopg2-binary" "async-timeout>=4.0.3" "celery>=5.5,<5.7")
 stamp="$( { cat "$0"; echo "$version $extras $pyver $glibc_minor ${requirements[*]}"; } \
     | sha256sum | cut -c1-16)"
 if [ -f "$out/.stamp" ] && [ "$(cat "$out/.stamp")" = "$stamp" ] && [ -f "$out.tar" ]; then
