@@ -357,12 +357,12 @@ class Controller:
         if actions:
             obs = {**obs, **self._run_nodes(actions, hosts=list(actions))}
             if plan.restart:
-                decider.started(plan.restart, self.clock())
+                decider.started(plan.restart, self.clock(), plan.repair)
 
         if plan.start:
             if decider.safe_to_start(plan.start, obs, self.clock()):
                 obs = {**obs, **self._run_nodes({plan.start: "start"}, hosts=[plan.start])}
-                decider.started(plan.start, self.clock())
+                decider.started(plan.start, self.clock(), plan.repair)
             else:
                 wait = decider.placement_since + self.move_wait - self.clock()
                 log.info(

@@ -53,6 +53,7 @@ class Plan:
     restart: str | None = None  # hung: stop and start in one fenced action
     start: str | None = None  # start only if safe_to_start() says so
     clear_failover: bool = False
+    repair: bool = False  # the start/restart repairs the placed scheduler in place
 
     @property
     def acts(self) -> bool:
@@ -74,8 +75,12 @@ class Decider:
     def placement_written(self, now: float) -> None:
         self.placement_since = now
 
-    def started(self, node: str, now: float) -> None:
+    def started(self, node: str, now: float, repair: bool = False) -> None:
+        """The controller (re)started the scheduler on `node`; a repair, unlike a
+        first start or a move, counts towards flapping."""
         self.attempts[node] = now
+        if repair:
+            self.restarts.setdefault(node, []).append(now)
 
     def _flapping(self, node: str, now: float) -> bool:
         """The controller already had to repair the scheduler here within the flap
@@ -125,13 +130,16 @@ class Decider:
                 marked = tuple(dict.fromkeys((*failed, placed)))
                 why = f"scheduler on {placed} failed again soon after a restart"
                 return self._move(placed, marked, obs, running, why)
-            # A repair, unlike a first start or a move, counts towards flapping.
-            self.restarts.setdefault(placed, []).append(now)
             if status.running:
                 return Plan(
-                    f"scheduler on {placed} is unhealthy: restart", restart=placed, stop=strays
+                    f"scheduler on {placed} is unhealthy: restart",
+                    restart=placed,
+                    stop=strays,
+                    repair=True,
                 )
-            return Plan(f"scheduler on {placed} is down: start it", start=placed, stop=strays)
+            return Plan(
+                f"scheduler on {placed} is down: start it", start=placed, stop=strays, repair=True
+            )
         if status.running and now - attempted < self.start_timeout:
             return Plan(f"scheduler on {placed} is starting after a restart", stop=strays)
         why = "did not become healthy" if status.running else "did not start"

@@ -154,14 +154,14 @@ def test_a_scheduler_that_keeps_failing_after_restarts_is_moved() -> None:
     d = decider()
     record = ClusterRecord(scheduler_node="m1")
     plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 0)
-    assert plan.start == "m1"
-    d.started("m1", 0)
+    assert plan.start == "m1" and plan.repair
+    d.started("m1", 0, plan.repair)
     assert not d.plan(record, obs(up("m1"), down("m2"), down("m3")), 2).acts  # healthy again
     plan = d.plan(record, obs(down("m1"), down("m2"), down("m3")), 5)  # down again, soon
     assert plan.place == "m2" and plan.failed_nodes == ("m1",)
     d2 = decider()
     d2.plan(record, obs(down("m1"), down("m2"), down("m3")), 0)
-    d2.started("m1", 0)
+    d2.started("m1", 0, repair=True)
     d2.plan(record, obs(up("m1"), down("m2"), down("m3")), 2)
     plan = d2.plan(record, obs(down("m1"), down("m2"), down("m3")), 21)  # long after: restart
     assert plan.start == "m1" and plan.place is None
@@ -170,7 +170,15 @@ def test_a_scheduler_that_keeps_failing_after_restarts_is_moved() -> None:
 def test_a_first_start_does_not_count_as_a_repair() -> None:
     d = decider()
     plan = d.plan(ClusterRecord(), obs(down("m1"), down("m2"), down("m3")), 0)
-    d.started(plan.start or "", 0)
+    d.started(plan.start or "", 0, plan.repair)
     record = ClusterRecord(scheduler_node="m1")
     assert not d.plan(record, obs(up("m1"), down("m2"), down("m3")), 2).acts
     assert d.plan(record, obs(down("m1"), down("m2"), down("m3")), 4).start == "m1"
+
+
+def test_a_deferred_repair_does_not_count_as_flapping() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 0).start == "m1"
+    # not started (unsafe yet): the next poll plans the same repair, not a move
+    assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 1).start == "m1"
