@@ -79,10 +79,15 @@ demo: setup wheelhouse $(DEMO_SECRETS)
 		-e demo_image="$$(cat $(BUILD)/node-image)"
 	ANSIBLE_PIPELINING=True $(BIN)/ansible-playbook -i inventory/demo/hosts.yml \
 		-e @$(DEMO_SECRETS) playbooks/site.yml
+	@echo "waiting for the API to report a healthy scheduler (up to 5 minutes)..."
+	@for i in $$(seq 100); do $(PYTHON) -c 'import json, urllib.request as r; raise SystemExit( \
+		json.load(r.urlopen("http://127.0.0.1:8080/api/v2/monitor/health", timeout=3)) \
+		["scheduler"]["status"] != "healthy")' 2>/dev/null && break; sleep 3; done
 	@echo
 	@echo "Airflow:  http://127.0.0.1:8080"
 	@echo "login:    admin / $$(sed -n 's/^airflow_admin_password: "\(.*\)"$$/\1/p' $(DEMO_SECRETS))"
 	@echo "status:   docker exec demo-m1 sudo -u ha-toolkit /opt/ha-toolkit/bin/ha-toolkit status"
+	@echo "probe:    unpause the ha_probe DAG in the UI; runs land in PostgreSQL's ha_probe_runs on demo-lb"
 	@echo
 	@docker exec demo-m1 sudo -u ha-toolkit env HOME=/var/lib/ha-toolkit-controller \
 		/opt/ha-toolkit/bin/ha-toolkit --config /etc/ha-toolkit/controller.yml status
