@@ -48,7 +48,7 @@ tmp="$out.tmp"
 rm -rf "$tmp"
 mkdir -p "$tmp"
 start=$(date +%s)
-echo "airflow-wheelhouse: downloading apache-airflow[$extras]==$version for CPython $pyver (a few minutes, ~350 MB)" >&2
+echo "airflow-wheelhouse: downloading apache-airflow[$extras]==$version for CPython $pyver (~75 MB of wheels, ~350 MB once installed)" >&2
 $pip download -q --disable-pip-version-check --only-binary=:all: \
     --python-version "$pyver" --implementation cp --abi "$abi" "${platforms[@]}" \
     --dest "$tmp" "${requirements[@]}" 2> >(grep -v "is ignored: it is neither" >&2)
