@@ -38,6 +38,8 @@ import docker  # noqa: E402
 from ha_toolkit.config import MetastoreConfig, Timings, move_wait  # noqa: E402
 from ha_toolkit.metastore import open_metastore  # noqa: E402
 from tests.failover_support import (  # noqa: E402
+    healthy_on,
+    main_pid,
     make_controller_cluster,
     scheduler_node,
 )
@@ -107,19 +109,13 @@ class Bench:
         trial starts from a settled cluster (and systemd's start rate limit has room)."""
         return scheduler_node(self.ha)
 
-    def healthy_on(self, node: str) -> bool:
-        code, _ = self.ha.cluster.node(node).exec(
-            "curl -fsS -m 1 http://127.0.0.1:8974/health", check=False
-        )
-        return code == 0
-
     def scheduler_restart(self) -> float:
         node = self.scheduler()
-        old = self.pid(node)
+        old = main_pid(self.ha, node)
         start = time.monotonic()
         self.ha.cluster.node(node).exec(f"systemctl kill -s KILL {UNIT}")
         wait_for(
-            lambda: self.pid(node) not in (0, old) and self.healthy_on(node),
+            lambda: main_pid(self.ha, node) not in (0, old) and healthy_on(self.ha, node),
             60,
             "the scheduler healthy again",
             interval=0.05,
@@ -135,7 +131,7 @@ class Bench:
         def elsewhere() -> bool:
             running = self.ha.observer.running()
             found[:] = running
-            return len(running) == 1 and running[0] != node and self.healthy_on(running[0])
+            return len(running) == 1 and running[0] != node and healthy_on(self.ha, running[0])
 
         wait_for(elsewhere, 120, "a healthy scheduler elsewhere", interval=0.1)
         elapsed = time.monotonic() - start
@@ -156,12 +152,6 @@ class Bench:
             interval=0.05,
         )
         return time.monotonic() - start
-
-    def pid(self, node: str) -> int:
-        _, out = self.ha.cluster.node(node).exec(
-            f"systemctl show -p MainPID --value {UNIT}", check=False
-        )
-        return int(out.strip() or 0)
 
     def poll_cycles(self, trials: int) -> list[float]:
         holder, _ = self.holder()

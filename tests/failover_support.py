@@ -105,14 +105,14 @@ def scheduler_node(ha: ControllerCluster) -> str:
     return node
 
 
-def wait_healthy_on(ha: ControllerCluster, node: str, timeout: float = SETTLE) -> None:
-    def healthy() -> bool:
-        code, _ = ha.cluster.node(node).exec(
-            "curl -fsS -m 1 http://127.0.0.1:8974/health", check=False
-        )
-        return code == 0
+def healthy_on(ha: ControllerCluster, node: str) -> bool:
+    """The scheduler's health URL on `node` answers 2xx right now."""
+    code, _ = ha.cluster.node(node).exec("curl -fsS -m 1 http://127.0.0.1:8974/health", check=False)
+    return code == 0
 
-    wait_for(healthy, timeout, f"a healthy scheduler on {node}", interval=0.2)
+
+def wait_healthy_on(ha: ControllerCluster, node: str, timeout: float = SETTLE) -> None:
+    wait_for(lambda: healthy_on(ha, node), timeout, f"a healthy scheduler on {node}", interval=0.2)
 
 
 def main_pid(ha: ControllerCluster, node: str) -> int:
