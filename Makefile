@@ -61,7 +61,7 @@ test-molecule-infra: setup
 	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s infra
 
 # --- Provisioning: wheelhouses for offline nodes, the default Molecule scenario, the demo ---
-.PHONY: wheelhouse test-molecule demo demo-down
+.PHONY: wheelhouse test-molecule test-failover demo demo-down
 DEMO_SECRETS := $(BUILD)/demo/secrets.yml
 
 # Wheels for the nodes, cached under .build (each rebuilt only when its inputs change).
@@ -72,6 +72,11 @@ wheelhouse: $(VENV)/.stamp
 # The whole cluster (site.yml) on four containers: converge, idempotence, check, verify.
 test-molecule: setup wheelhouse
 	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s default
+
+# Faults on a 3-master cluster with a ZooKeeper metastore: node down, ACTIVE
+# controller SIGKILLed, node cut off; never two schedulers, no duplicate task.
+test-failover: setup wheelhouse
+	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s failover
 
 # A local cluster: containers labelled ha-toolkit.demo=1, the load balancer on 127.0.0.1:8080.
 demo: setup wheelhouse $(DEMO_SECRETS)

@@ -7,17 +7,14 @@ off the network cuts its controller off the metastore too.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from .cluster import Cluster, Node
+from .observer import Observer
 from .procs import wait_for
 
 CONFIG_DIR = "/etc/ha-toolkit"
@@ -53,74 +50,6 @@ FAST_TIMINGS = {
 }
 
 
-def scheduler_cgroup_path(node: Node, unit: str = UNIT) -> Path:
-    """The unit's cgroup as the host sees it (nodes share the host's cgroup tree)."""
-    node.container.reload()
-    cid = node.container.id
-    return Path(f"/sys/fs/cgroup/systemd/docker/{cid}/system.slice/{unit}.service/cgroup.procs")
-
-
-@dataclass
-class Observer:
-    """Samples every node's scheduler cgroup from the host every `interval`
-    seconds. Independent of the controllers: it reads kernel state, not theirs."""
-
-    nodes: list[Node]
-    interval: float = 0.05
-    samples: int = 0
-    overlaps: list[tuple[float, list[str]]] = field(default_factory=list)
-    last: list[str] = field(default_factory=list)
-    _paths: dict[str, Path] = field(default_factory=dict)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _thread: threading.Thread | None = None
-
-    def running(self) -> list[str]:
-        names = []
-        for node in self.nodes:
-            path = self._paths.setdefault(node.name, scheduler_cgroup_path(node))
-            try:
-                if path.read_text().strip():
-                    names.append(node.name)
-            except OSError:
-                pass  # no cgroup: the unit is not running (or the node is down)
-        return names
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            now = time.monotonic()
-            names = self.running()
-            self.samples += 1
-            self.last = names
-            if len(names) > 1:
-                self.overlaps.append((now, names))
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="observer")
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
-
-    def wait_single(self, timeout: float, not_on: str | None = None) -> str:
-        """Wait until exactly one node runs a scheduler (optionally not `not_on`)."""
-        found: list[str] = []
-
-        def single() -> bool:
-            found[:] = self.running()
-            return len(found) == 1 and found[0] != not_on
-
-        wait_for(
-            single,
-            timeout,
-            f"exactly one scheduler{f' off {not_on}' if not_on else ''}",
-            interval=0.1,
-        )
-        return found[0]
-
-
 class ControllerCluster:
     """`cluster` nodes each running `ha-toolkit controller run` under systemd."""
 
@@ -141,7 +70,7 @@ class ControllerCluster:
         # longer than the watchdog would allow.
         self.watchdog = watchdog
         self.alerts = alerts
-        self.observer = Observer(cluster.nodes)
+        self.observer = Observer({n.name: n.container.id for n in cluster.nodes})
 
     def install(self) -> None:
         inventory = yaml.safe_load(self.cluster.inventory.read_text())
@@ -247,7 +176,7 @@ class ControllerCluster:
     @contextmanager
     def observed(self) -> Iterator[Observer]:
         """Run the observer for the body; fail on any sampled instant with two schedulers."""
-        self.observer = Observer(self.cluster.nodes)
+        self.observer = Observer({n.name: n.container.id for n in self.cluster.nodes})
         self.observer.start()
         try:
             yield self.observer
