@@ -51,6 +51,11 @@ lint: $(VENV)/.stamp
 bench: setup
 	$(BIN)/python bench/failover.py
 
+# Molecule scenario wall times per step (not a test): writes bench/results/molecule.json.
+.PHONY: bench-molecule
+bench-molecule: setup wheelhouse
+	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/python bench/molecule.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -35,6 +34,7 @@ sys.path.insert(0, str(REPO))
 
 import docker  # noqa: E402
 
+from bench.stats import summary  # noqa: E402
 from ha_toolkit.config import MetastoreConfig, Timings, move_wait  # noqa: E402
 from ha_toolkit.metastore import open_metastore  # noqa: E402
 from tests.failover_support import (  # noqa: E402
@@ -70,19 +70,6 @@ TARGETS = {
     "controller_cpu_s_per_poll": None,
     "controller_rss_mb": "max <= 100",
 }
-
-
-def summary(values: list[float], target: str | None) -> dict[str, Any]:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, max(0, round(0.95 * len(ordered) + 0.5) - 1))]
-    return {
-        "n": len(values),
-        "min": round(ordered[0], 3),
-        "median": round(statistics.median(ordered), 3),
-        "p95": round(p95, 3),
-        "max": round(ordered[-1], 3),
-        "target": target,
-    }
 
 
 class Bench:

@@ -1,0 +1,100 @@
+"""Molecule benchmark: how long the scenarios take on this machine.
+
+Runs a scenario step by step (each step a `molecule <step>` command, timed)
+and writes bench/results/molecule.json with min/median/p95 per step:
+
+  default:  create, prepare, converge (cold: a fresh cluster), idempotence
+            (the re-converge of a converged cluster), check, verify, destroy,
+            and total (the whole `molecule test` sequence)
+  failover: create, prepare, converge, side_effect, verify, destroy, total,
+            plus the fault timings the scenario records
+            (.build/molecule-failover/faults.json)
+
+Expects the node image and wheelhouses to be built (`make bench-molecule`
+does that first). Not a test: nothing is asserted.
+Usage: .venv/bin/python bench/molecule.py [--trials N] [--scenarios default,failover]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from bench.stats import summary  # noqa: E402
+
+STEPS = {
+    "default": ["syntax", "create", "prepare", "converge", "idempotence", "check", "verify"],
+    "failover": ["syntax", "create", "prepare", "converge", "side_effect", "verify"],
+}
+TARGETS = {
+    ("default", "total"): "cold molecule test <= 1200 s",
+    ("default", "idempotence"): "re-converge <= 180 s",
+}
+FAULT_METRICS = {
+    "node_stopped_s": ("node_stopped", "scheduler_elsewhere_s"),
+    "active_killed_s": ("active_killed", "new_active_s"),
+    "node_cut_off_s": ("node_cut_off", "scheduler_elsewhere_s"),
+}
+
+
+def molecule(step: str, scenario: str) -> float:
+    started = time.monotonic()
+    subprocess.run([str(REPO / ".venv/bin/molecule"), step, "-s", scenario], cwd=REPO, check=True)
+    return time.monotonic() - started
+
+
+def trial(scenario: str) -> dict[str, float]:
+    times = {"destroy_before": molecule("destroy", scenario)}
+    try:
+        for step in STEPS[scenario]:
+            times[step] = molecule(step, scenario)
+    finally:
+        times["destroy"] = molecule("destroy", scenario)
+    times["total"] = sum(times.values())
+    if scenario == "failover":
+        faults = json.loads((REPO / ".build/molecule-failover/faults.json").read_text())
+        for metric, (fault, key) in FAULT_METRICS.items():
+            times[metric] = float(faults[fault][key])
+    return times
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--trials", type=int, default=3)
+    parser.add_argument("--scenarios", default="default,failover")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "molecule.json")
+    args = parser.parse_args()
+    if not os.environ.get("MOLECULE_NODE_IMAGE"):
+        print("bench/molecule.py: MOLECULE_NODE_IMAGE is not set (run `make bench-molecule`)")
+        return 2
+    results: dict[str, Any] = {
+        "settings": {
+            "trials": args.trials,
+            "machine": "2 cores, shared; one run, compare ratios not absolutes",
+            "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+    }
+    for scenario in args.scenarios.split(","):
+        runs = [trial(scenario) for _ in range(args.trials)]
+        results[scenario] = {
+            metric: summary([run[metric] for run in runs], TARGETS.get((scenario, metric)))
+            for metric in runs[0]
+        }
+        print(json.dumps({scenario: results[scenario]}, indent=2), flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
