@@ -12,8 +12,14 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 .PHONY: test test-unit test-integration lint setup apt docker image clean bench
 
-test: setup lint
+# Every tier: lint, pytest (unit and integration), then the Molecule scenarios
+# (the whole cluster, then failover under faults) on the local node image.
+MOLECULE := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule
+
+test: setup lint wheelhouse
 	$(BIN)/pytest tests
+	$(MOLECULE) test -s default
+	$(MOLECULE) test -s failover
 
 test-unit: $(VENV)/.stamp
 	$(BIN)/pytest -m unit tests
@@ -63,7 +69,7 @@ clean:
 # The infrastructure roles (PostgreSQL, MariaDB, ZooKeeper, RabbitMQ, HAProxy) on three node containers.
 .PHONY: test-molecule-infra
 test-molecule-infra: setup
-	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s infra
+	$(MOLECULE) test -s infra
 
 # --- Provisioning: wheelhouses for offline nodes, the default Molecule scenario, the demo ---
 .PHONY: wheelhouse test-molecule test-failover demo demo-down
@@ -76,12 +82,12 @@ wheelhouse: $(VENV)/.stamp
 
 # The whole cluster (site.yml) on four containers: converge, idempotence, check, verify.
 test-molecule: setup wheelhouse
-	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s default
+	$(MOLECULE) test -s default
 
 # Faults on a 3-master cluster with a ZooKeeper metastore: node down, ACTIVE
 # controller SIGKILLed, node cut off; never two schedulers, no duplicate task.
 test-failover: setup wheelhouse
-	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule test -s failover
+	$(MOLECULE) test -s failover
 
 # A local cluster: containers labelled ha-toolkit.demo=1, the load balancer on 127.0.0.1:8080.
 demo: setup wheelhouse $(DEMO_SECRETS)
