@@ -49,7 +49,9 @@ FAULT_METRICS = {
 def molecule(step: str, scenario: str) -> float:
     # `molecule check` alone runs its own destroy/create/.../destroy sequence;
     # the check step of `molecule test` is the converge playbook in check mode.
-    argv = ["converge", "-s", scenario, "--", "--check"] if step == "check" else [step, "-s", scenario]
+    argv = [step, "-s", scenario]
+    if step == "check":
+        argv = ["converge", "-s", scenario, "--", "--check"]
     started = time.monotonic()
     subprocess.run([str(REPO / ".venv/bin/molecule"), *argv], cwd=REPO, check=True)
     return time.monotonic() - started
