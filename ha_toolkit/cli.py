@@ -3,6 +3,11 @@
 Exit codes: 0 success; 1 the operation failed or the cluster is not as asked
 (e.g. no scheduler runs); 2 bad input (config, arguments, inventory);
 3 several schedulers run (is-scheduler-running).
+
+Output: a table or sentence for people, or with ``--json`` (before or after the
+command, on every command) exactly one JSON document on stdout, also when the
+command fails. Errors always go to stderr as one line as well, so a script can
+show them as they are.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from ha_toolkit.metastore import ClusterRecord, Metastore, MetastoreError, open_
 from ha_toolkit.nodes import InventoryError, NodeStatus, SchedulerNodes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SEVERAL = 0, 1, 2, 3
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 log = logging.getLogger("ha_toolkit.cli")
 
 
@@ -53,6 +59,22 @@ def _table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, default=str, sort_keys=True))
+
+
+def _report(args: argparse.Namespace, text: str, data: dict[str, Any]) -> None:
+    """One outcome: `text` for people, or `data` as JSON with --json."""
+    if args.json:
+        _print_json(data)
+    else:
+        print(text)
+
+
+def _refuse(args: argparse.Namespace, message: str, data: dict[str, Any]) -> int:
+    """A refused operation: one line on stderr (and `data` with --json); exit 1."""
+    print(message, file=sys.stderr)
+    if args.json:
+        _print_json({**data, "error": message})
+    return EXIT_FAILED
 
 
 def _open_store(config: Config) -> Metastore:
@@ -113,18 +135,25 @@ def cmd_controller_run(config: Config, args: argparse.Namespace) -> int:
 def cmd_init(config_path: Path, args: argparse.Namespace) -> int:
     if not config_path.exists():
         values: dict[str, Any] = {}
+        masters: list[str] = []
+        notes: list[str] = []
         if args.from_airflow_cfg:
             migration = config_from_airflow_cfg(Path(args.from_airflow_cfg))
-            values = migration.values
-            for warning in migration.warnings:
-                print(f"note: {warning}", file=sys.stderr)
-            if migration.masters:
-                print(
-                    "masters from airflow.cfg (put them in the inventory's masters group): "
-                    + ", ".join(migration.masters)
-                )
+            values, masters, notes = migration.values, migration.masters, migration.warnings
+            if not args.json:
+                for note in notes:
+                    print(f"note: {note}", file=sys.stderr)
+                if masters:
+                    print(
+                        "masters from airflow.cfg (put them in the inventory's masters group): "
+                        + ", ".join(masters)
+                    )
         write_sample_config(config_path, values)
-        print(f"wrote {config_path}: fill in the metastore and run `ha-toolkit init` again")
+        _report(
+            args,
+            f"wrote {config_path}: fill in the metastore and run `ha-toolkit init` again",
+            {"wrote": str(config_path), "masters": masters, "notes": notes},
+        )
         return EXIT_OK
     config = load_config(config_path)
     store = _open_store(config)
@@ -132,7 +161,11 @@ def cmd_init(config_path: Path, args: argparse.Namespace) -> int:
         store.setup()
     finally:
         store.close()
-    print(f"metastore ready ({config.metastore.type}, prefix {config.metastore.prefix!r})")
+    _report(
+        args,
+        f"metastore ready ({config.metastore.type}, prefix {config.metastore.prefix!r})",
+        {"metastore": "ready", "type": config.metastore.type, "prefix": config.metastore.prefix},
+    )
     return EXIT_OK
 
 
@@ -250,6 +283,7 @@ def _ago(when: datetime | None) -> str | None:
 
 
 def cmd_metadata(config: Config, args: argparse.Namespace) -> int:
+    # JSON with or without --json: this command exists to dump the record.
     store = _open_store(config)
     try:
         _print_json(_record_dict(store.read()))
@@ -263,16 +297,20 @@ def cmd_clear_metadata(config: Config, args: argparse.Namespace) -> int:
     try:
         record = store.read()
         if record.holder and not args.force:
-            print(
+            return _refuse(
+                args,
                 f"refused: controller {record.holder} holds the lease "
                 f"(epoch {record.epoch}); stop the controllers or use --force",
-                file=sys.stderr,
+                {"cleared": False},
             )
-            return EXIT_FAILED
         store.clear()
     finally:
         store.close()
-    print("metadata cleared (the event log and the epoch counter are kept)")
+    _report(
+        args,
+        "metadata cleared (the event log and the epoch counter are kept)",
+        {"cleared": True},
+    )
     return EXIT_OK
 
 
@@ -286,15 +324,25 @@ def cmd_failover(config: Config, args: argparse.Namespace) -> int:
     store = _open_store(config)
     try:
         before = store.read()
+        outcome: dict[str, Any] = {
+            "from": before.scheduler_node,
+            "to": args.to,
+            "requested": False,
+            "scheduler_node": before.scheduler_node,
+            "moved": False,
+        }
         if before.holder is None:
-            print("refused: no ACTIVE controller to carry out the failover", file=sys.stderr)
-            return EXIT_FAILED
+            return _refuse(args, "refused: no ACTIVE controller to carry out the failover", outcome)
         store.request_failover(args.to)
-        print(
-            f"failover requested from {before.scheduler_node or 'none'} "
-            f"to {args.to or 'the next master'}"
-        )
+        outcome["requested"] = True
+        if not args.json:
+            print(
+                f"failover requested from {before.scheduler_node or 'none'} "
+                f"to {args.to or 'the next master'}"
+            )
         if args.wait <= 0:
+            if args.json:
+                _print_json(outcome)
             return EXIT_OK
         deadline = time.monotonic() + args.wait
         while time.monotonic() < deadline:
@@ -303,13 +351,13 @@ def cmd_failover(config: Config, args: argparse.Namespace) -> int:
                 moved = record.scheduler_node != before.scheduler_node or (
                     args.to is not None and record.scheduler_node == args.to
                 )
-                print(f"scheduler node is now {record.scheduler_node}")
+                outcome.update(scheduler_node=record.scheduler_node, moved=moved)
+                _report(args, f"scheduler node is now {record.scheduler_node}", outcome)
                 return EXIT_OK if moved else EXIT_FAILED
             time.sleep(0.2)
-        print(
-            f"the ACTIVE did not carry out the failover within {args.wait:.0f} s", file=sys.stderr
+        return _refuse(
+            args, f"the ACTIVE did not carry out the failover within {args.wait:.0f} s", outcome
         )
-        return EXIT_FAILED
     finally:
         store.close()
 
@@ -320,7 +368,11 @@ def cmd_pause(config: Config, args: argparse.Namespace, paused: bool = True) -> 
         store.set_paused(paused)
     finally:
         store.close()
-    print("paused: the ACTIVE controller takes no node action" if paused else "resumed")
+    _report(
+        args,
+        "paused: the ACTIVE controller takes no node action" if paused else "resumed",
+        {"paused": paused},
+    )
     return EXIT_OK
 
 
@@ -333,7 +385,9 @@ def cmd_send_test_alert(config: Config, args: argparse.Namespace) -> int:
     )
     for error in errors:
         print(f"FAILED: {error}", file=sys.stderr)
-    if not errors:
+    if args.json:
+        _print_json({"sent": not errors, "errors": errors})
+    elif not errors:
         print("test alert sent")
     return EXIT_FAILED if errors else EXIT_OK
 
@@ -375,7 +429,18 @@ def build_parser() -> argparse.ArgumentParser:
             default=default(False),
             help="log one JSON object per line",
         )
-        p.add_argument("--log-level", default=default(None), help="override logging.level")
+        p.add_argument(
+            "--log-level",
+            default=default(None),
+            metavar="LEVEL",
+            help=f"override logging.level ({', '.join(LOG_LEVELS)})",
+        )
+        p.add_argument(
+            "--json",
+            action="store_true",
+            default=default(False),
+            help="machine-readable output: one JSON document on stdout",
+        )
 
     add_globals(parser, lambda value: value)
     # The same options after the command too (`ha-toolkit status --config X`); there
@@ -384,11 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_globals(after, lambda value: argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def add(name: str, help_text: str, json_flag: bool = False) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[after])
-        if json_flag:
-            p.add_argument("--json", action="store_true", help="machine-readable output")
-        return p
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, description=help_text, parents=[after])
 
     controller = add("controller", "the failover controller daemon")
     controller_sub = controller.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -401,15 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="migrate the [scheduler_failover] section of an old airflow.cfg",
     )
-    add("test-connection", "check the metastore and reach every master", json_flag=True)
-    add(
-        "is-scheduler-running",
-        "which masters run the scheduler (exit 0 when exactly one)",
-        json_flag=True,
-    )
-    status = add(
-        "status", "the ACTIVE controller, lease, scheduler node and health", json_flag=True
-    )
+    add("test-connection", "check the metastore and reach every master")
+    add("is-scheduler-running", "which masters run the scheduler (exit 0 when exactly one)")
+    status = add("status", "the ACTIVE controller, lease, scheduler node and health")
     status.add_argument("--history", action="store_true", help="show the event log too")
     status.add_argument("--limit", type=int, default=30, help="events to show (default 30)")
     status.add_argument(
@@ -426,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("pause", "maintenance: the ACTIVE keeps its lease but takes no node action")
     add("resume", "end maintenance")
     add("send-test-alert", "send a test message through every configured alert channel")
-    add("get-current-host", "the ACTIVE controller and the scheduler node", json_flag=True)
+    add("get-current-host", "the ACTIVE controller and the scheduler node")
     add("version", "print the version")
     return parser
 
@@ -449,8 +505,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     from ha_toolkit.logs import setup_logging
 
     args = build_parser().parse_args(argv)
+    if args.log_level is not None:
+        if args.log_level.upper() not in LOG_LEVELS:
+            return _bad_input(
+                args,
+                f"--log-level: expected one of {', '.join(LOG_LEVELS)}, got {args.log_level!r}",
+            )
+        args.log_level = args.log_level.upper()
     if args.command == "version":
-        print(f"ha-toolkit {__version__}")
+        _report(args, f"ha-toolkit {__version__}", {"version": __version__})
         return EXIT_OK
     try:
         if args.command == "init":
@@ -466,11 +529,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             return cmd_controller_run(config, args)
         return COMMANDS[args.command](config, args)
     except (ConfigError, UsageError, InventoryError) as exc:
-        print(f"ha-toolkit: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return _bad_input(args, str(exc))
     except MetastoreError as exc:
-        print(f"ha-toolkit: metastore: {exc}", file=sys.stderr)
+        message = f"metastore: {exc}"
+        print(f"ha-toolkit: {message}", file=sys.stderr)
+        if args.json:
+            _print_json({"error": message})
         return EXIT_FAILED
+
+
+def _bad_input(args: argparse.Namespace, message: str) -> int:
+    print(f"ha-toolkit: {message}", file=sys.stderr)
+    if args.json:
+        _print_json({"error": message})
+    return EXIT_BAD_INPUT
 
 
 if __name__ == "__main__":

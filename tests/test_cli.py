@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from ha_toolkit import __version__, cli
+from ha_toolkit.metastore import ClusterRecord
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.procs import Process, free_port, wait_for
 
@@ -174,3 +179,160 @@ def test_test_connection_names_an_unknown_host(mariadb: MariaDBServer, tmp_path:
     line = next(x for x in result.stdout.splitlines() if "ghost.invalid" in x)
     assert "FAILED" in line
     assert "metastore  mysql" in result.stdout and "ok" in result.stdout
+
+
+# -- in-process: --json on every command, --log-level ------------------------------------------
+COMMANDS_THAT_PRINT = [
+    ["controller", "run"],
+    ["init"],
+    ["test-connection"],
+    ["is-scheduler-running"],
+    ["status"],
+    ["metadata"],
+    ["clear-metadata"],
+    ["failover"],
+    ["pause"],
+    ["resume"],
+    ["send-test-alert"],
+    ["get-current-host"],
+    ["version"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS_THAT_PRINT, ids=lambda c: " ".join(c))
+def test_every_command_takes_json_before_or_after_it(command: list[str]) -> None:
+    parser = cli.build_parser()
+    assert parser.parse_args([*command]).json is False
+    assert parser.parse_args(["--json", *command]).json is True
+    assert parser.parse_args([*command, "--json"]).json is True
+
+
+def main_json(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, Any, str]:
+    """Run the CLI in this process; (exit code, the JSON on stdout, stderr)."""
+    code = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return code, json.loads(out), err
+
+
+def test_version_json(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main_json(capsys, "version", "--json") == (0, {"version": __version__}, "")
+    assert cli.main(["version"]) == 0
+    assert capsys.readouterr().out == f"ha-toolkit {__version__}\n"
+
+
+@pytest.mark.parametrize(
+    "argv", [["--log-level", "chatty", "status"], ["version", "--log-level", "x"]]
+)
+def test_bad_log_level_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, argv: list[str]
+) -> None:
+    assert cli.main(["--config", str(write_config(tmp_path)), *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and err.startswith("ha-toolkit: --log-level: expected one of")
+
+
+def test_bad_log_level_from_the_command_line_has_no_traceback() -> None:
+    result = run("--log-level", "chatty", "version")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "ha-toolkit: --log-level: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, "
+        "got 'chatty'"
+    ]
+
+
+def test_log_level_is_case_insensitive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--log-level", "debug", "version"]) == 0
+
+
+def test_errors_with_json_are_json_too(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = write_config(tmp_path, metastore__type="etcd")
+    code, data, err = main_json(capsys, "--config", str(config), "status", "--json")
+    assert code == 2
+    assert data == {"error": err.strip().removeprefix("ha-toolkit: ")}
+    assert "metastore.type" in data["error"]
+
+
+def test_init_json_writes_a_sample(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    path = tmp_path / "new.yml"
+    code, data, _ = main_json(capsys, "--config", str(path), "init", "--json")
+    assert code == 0 and path.exists()
+    assert data == {"wrote": str(path), "masters": [], "notes": []}
+
+
+class FakeStore:
+    """Just enough of a Metastore for the operator commands."""
+
+    def __init__(self, holder: str | None = "node1#ab12", scheduler: str | None = "node1") -> None:
+        self.record = ClusterRecord(holder=holder, epoch=3, scheduler_node=scheduler)
+        self.closed = False
+
+    def read(self) -> ClusterRecord:
+        return self.record
+
+    def set_paused(self, paused: bool) -> None:
+        self.record = dataclasses.replace(self.record, paused=paused)
+
+    def clear(self) -> None:
+        self.record = ClusterRecord(epoch=self.record.epoch)
+
+    def request_failover(self, node: str | None) -> None:
+        self.record = dataclasses.replace(self.record, failover_to=node or "")
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.fixture
+def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
+    fake = FakeStore()
+    monkeypatch.setattr(cli, "_open_store", lambda config: fake)
+    return fake
+
+
+def test_operator_commands_json(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: FakeStore
+) -> None:
+    config = ["--config", str(write_config(tmp_path)), "--json"]
+    assert main_json(capsys, *config, "pause") == (0, {"paused": True}, "")
+    assert store.record.paused
+    assert main_json(capsys, *config, "resume") == (0, {"paused": False}, "")
+    code, data, _ = main_json(capsys, *config, "failover", "--wait", "0")
+    assert code == 0 and store.record.failover_to == ""
+    assert data == {
+        "from": "node1",
+        "to": None,
+        "requested": True,
+        "scheduler_node": "node1",
+        "moved": False,
+    }
+    code, data, err = main_json(capsys, *config, "clear-metadata")
+    assert code == 1 and data["cleared"] is False
+    assert data["error"] == err.strip() and "holds the lease" in err
+    assert main_json(capsys, *config, "clear-metadata", "--force") == (0, {"cleared": True}, "")
+    code, data, err = main_json(capsys, *config, "failover", "--to", "node1")
+    assert code == 1 and data["requested"] is False and "no ACTIVE controller" in data["error"]
+    assert main_json(capsys, *config, "get-current-host") == (
+        1,
+        {"active": None, "controller": None, "scheduler": None},
+        "",
+    )
+    assert store.closed
+
+
+def test_failover_json_reports_the_move(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: FakeStore
+) -> None:
+    def carried_out(node: str | None) -> None:  # an ACTIVE that moves at once
+        store.record = dataclasses.replace(store.record, scheduler_node="node2", failover_to=None)
+
+    store.request_failover = carried_out  # type: ignore[method-assign]
+    inventory = yaml.safe_dump(
+        {"all": {"children": {"masters": {"hosts": {"node1": {}, "node2": {}}}}}}
+    )
+    (tmp_path / "inventory.yml").write_text(inventory)
+    config = write_config(tmp_path)
+    code, data, _ = main_json(
+        capsys, "--config", str(config), "failover", "--to", "node2", "--json"
+    )
+    assert (code, data["moved"], data["scheduler_node"]) == (0, True, "node2")
