@@ -36,7 +36,8 @@ from ha_toolkit.config import (
     write_sample_config,
 )
 from ha_toolkit.metastore import ClusterRecord, Metastore, MetastoreError, open_metastore
-from ha_toolkit.nodes import InventoryError, NodeStatus, SchedulerNodes
+from ha_toolkit.models import NodeStatus
+from ha_toolkit.nodes import InventoryError, SchedulerNodes
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SEVERAL = 0, 1, 2, 3
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")

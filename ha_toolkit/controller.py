@@ -20,18 +20,52 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 from ha_toolkit.alerts import Alerter, IncidentTracker
 from ha_toolkit.config import Config, move_wait
 from ha_toolkit.decisions import Decider, Plan
-from ha_toolkit.local import LocalScheduler, sd_notify, watchdog_interval
+from ha_toolkit.local import sd_notify, watchdog_interval
 from ha_toolkit.metastore import ClusterRecord, Event, Lease, LeaseLost, Metastore, MetastoreError
 from ha_toolkit.metrics import Metrics
-from ha_toolkit.nodes import NodeStatus, SchedulerNodes
+from ha_toolkit.models import NodeStatus
 
 log = logging.getLogger("ha_toolkit.controller")
+
+
+class Nodes(Protocol):
+    """The masters' schedulers, observed and acted on in one run (nodes.SchedulerNodes)."""
+
+    @property
+    def masters(self) -> Sequence[str]:
+        """The masters in failover order."""
+        ...
+
+    def run(
+        self,
+        actions: dict[str, str],
+        epoch: int,
+        timeout: float | None = None,
+        hosts: list[str] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> dict[str, NodeStatus]:
+        """Act on the named hosts (status on the others); report every targeted host."""
+        ...
+
+
+class LocalService(Protocol):
+    """The managed unit on this controller's own node (local.LocalScheduler)."""
+
+    def running(self) -> bool:
+        """Whether the unit is in a state that may run scheduler code."""
+        ...
+
+    def fence(self, reason: str, keepalive: Callable[[], None] | None = None) -> bool:
+        """Stop the unit now; True once it is confirmed stopped."""
+        ...
+
 
 # Stop acting this long before the lease's local deadline: covers the time one
 # metastore round trip or node action may overrun its own timeout.
@@ -53,8 +87,8 @@ class Controller:
         self,
         config: Config,
         store: Metastore,
-        nodes: SchedulerNodes,
-        local: LocalScheduler,
+        nodes: Nodes,
+        local: LocalService,
         alerter: Alerter | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -307,15 +341,9 @@ class Controller:
         assert self.leader is not None
         self._budget()
         epoch = self.leader.lease.epoch
-        # The cancel check aborts the run the moment the lease is lost; the timeout
-        # only bounds a runaway run.
-        statuses = self.nodes.run(
-            actions,
-            epoch,
-            timeout=self.t.stop_timeout + 30,
-            hosts=hosts,
-            cancel=self._cancel_check(),
-        )
+        # The cancel check aborts the run the moment the lease is lost; the run's own
+        # timeout (what a stop may take) only bounds a runaway run.
+        statuses = self.nodes.run(actions, epoch, hosts=hosts, cancel=self._cancel_check())
         if self.leader is None:
             raise SteppedDown("leadership lost while the playbook ran")
         for node, action in actions.items():

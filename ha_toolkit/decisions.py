@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ha_toolkit.metastore import ClusterRecord
-from ha_toolkit.nodes import NodeStatus
+from ha_toolkit.models import NodeStatus
 
 # A scheduler that needs the controller to (re)start it again within this many
 # start_timeouts of the last (re)start is moved rather than restarted once more.

@@ -2,13 +2,12 @@
 
 Deliberately independent of Ansible and of the network: the check is one
 ``systemctl show``, and the stop falls back from the runtime playbook (run
-locally) to node-action, then to plain systemctl, because safety must not
-depend on Ansible working.
+locally, through nodes.py) to node-action, then to plain systemctl, because
+safety must not depend on Ansible working.
 """
 
 from __future__ import annotations
 
-import getpass
 import logging
 import os
 import socket
@@ -17,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ha_toolkit import node_action
-from ha_toolkit.nodes import run_playbook
+from ha_toolkit.nodes import node_action_timeout, stop_on_this_node
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +71,7 @@ class LocalScheduler:
 
         log.warning("self-fencing: stopping %s on %s: %s", self.unit, self.node, reason)
         try:
-            result = run_playbook(
-                "scheduler.yml",
-                {"all": {"hosts": {self.node: self._local_host_vars()}}},
-                extravars={
-                    "ha_hosts": "all",
-                    "ha_actions": {self.node: "stop"},
-                    "ha_epoch": "local",
-                    "ha_unit": self.unit,
-                    "ha_stop_timeout": self.stop_timeout,
-                },
-                timeout=self.stop_timeout + 15,
-                forks=1,
-                cancel=cancel,
-            )
+            result = stop_on_this_node(self.node, self.unit, self.stop_timeout, cancel)
             host = result.hosts.get(self.node)
             if host is not None and host.ok and not host.report.get("running", True):
                 return True
@@ -114,7 +100,12 @@ class LocalScheduler:
         else:
             cmd = [*sudo, "systemctl", "stop", self.unit]
         try:
-            subprocess.run(cmd, capture_output=True, check=False, timeout=self.stop_timeout + 15)
+            subprocess.run(
+                cmd,
+                capture_output=True,
+                check=False,
+                timeout=node_action_timeout(self.stop_timeout),
+            )
         except subprocess.TimeoutExpired:
             subprocess.run(
                 [*sudo, "systemctl", "kill", "--signal=SIGKILL", self.unit],
@@ -126,10 +117,3 @@ class LocalScheduler:
         if not stopped:
             log.error("self-fencing FAILED: %s still running on %s", self.unit, self.node)
         return stopped
-
-    def _local_host_vars(self) -> dict[str, str]:
-        return {
-            "ansible_connection": "local",
-            "ansible_user": getpass.getuser(),
-            "ansible_python_interpreter": "/usr/bin/python3",
-        }

@@ -13,6 +13,12 @@ then acts, so a deposed ACTIVE can never act after its successor has.
 ``--epoch local`` marks a stop the node's own controller decided (self-fencing):
 stopping is always safe, so it skips the check.
 
+Every setting comes from the caller (the runtime playbook, with variables built
+by ha_toolkit.nodes.scheduler_playbook_vars): start, stop and restart need
+``--epoch``, stop and restart ``--stop-timeout``, and there are no defaults to
+drift from the controller's config. Without ``--health-url`` there is no
+health check.
+
 Prints one JSON object: the unit's state after the action, whether anything
 changed, and whether the action was refused.
 """
@@ -35,6 +41,11 @@ EPOCH_FILE = "epoch"
 # States in which the unit may be running code: a scheduler counts as present
 # in all of them (safety first: "deactivating" can still schedule).
 RUNNING_STATES = {"active", "activating", "deactivating", "reloading", "refreshing"}
+# After the SIGKILL that ends a stop past its stop_timeout, how long to wait for
+# the unit to go; and how long the health URL may take to answer. The controller's
+# bound on one node-action (ha_toolkit.nodes.NODE_ACTION_MARGIN) covers both.
+KILL_WAIT = 10.0
+HEALTH_TIMEOUT = 2.0
 
 
 def unit_state(unit: str) -> dict[str, Any]:
@@ -66,7 +77,7 @@ def unit_state(unit: str) -> dict[str, Any]:
     }
 
 
-def health(url: str | None, timeout: float = 2.0) -> bool | None:
+def health(url: str | None, timeout: float = HEALTH_TIMEOUT) -> bool | None:
     """True/False from the health URL; None when no URL is configured."""
     if not url:
         return None
@@ -133,7 +144,7 @@ def stop(unit: str, stop_timeout: float) -> bool:
     systemctl("stop", "--no-block", unit)
     if not wait_stopped(unit, stop_timeout):
         systemctl("kill", "--signal=SIGKILL", unit)
-        wait_stopped(unit, 10)
+        wait_stopped(unit, KILL_WAIT)
     return True
 
 
@@ -153,7 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unit", required=True)
     parser.add_argument("--epoch", default=None, help="fencing epoch, or 'local' for self-fencing")
     parser.add_argument("--health-url", default=None)
-    parser.add_argument("--stop-timeout", type=float, default=30.0)
+    parser.add_argument(
+        "--stop-timeout", type=float, default=None, help="seconds before SIGKILL (stop, restart)"
+    )
     parser.add_argument("--state-dir", default=STATE_DIR)
     args = parser.parse_args(argv)
 
@@ -161,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.action != "status":
         if args.epoch is None:
             parser.error(f"{args.action} needs --epoch")
+        if args.action in ("stop", "restart") and args.stop_timeout is None:
+            parser.error(f"{args.action} needs --stop-timeout")
         fence = Fence(args.state_dir)
         try:
             if args.epoch != "local":

@@ -5,10 +5,16 @@ events (never from scraping output): each host ends `ok`, `failed` or
 `unreachable`, with the number of changed tasks and the data of the last
 task whose name starts with ``Report``: its ``msg`` when that is a mapping
 (a debug task), else its stdout parsed as JSON (a command that prints JSON).
+
+The runtime playbook's variables are built in one place,
+:func:`scheduler_playbook_vars`, for every run (the ACTIVE's, the CLI's and a
+node's self-fencing); playbooks/scheduler.yml requires each of them and
+defaults none, so no value there can drift from the config.
 """
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import subprocess
@@ -22,7 +28,17 @@ from typing import Any
 
 import ansible_runner
 
+from ha_toolkit.models import NodeStatus
+
 REPORT_PREFIX = "Report"
+SCHEDULER_PLAYBOOK = "scheduler.yml"
+# What one node-action may take beyond stop_timeout: after the SIGKILL it waits up
+# to 10 s (node_action.KILL_WAIT) for the unit to go, then reads the unit's state and
+# its health (node_action.HEALTH_TIMEOUT, 2 s).
+NODE_ACTION_MARGIN = 15.0
+# What a whole playbook run may take beyond its slowest node-action: starting
+# Ansible, connecting over SSH, collecting the results.
+PLAYBOOK_RUN_MARGIN = 15.0
 PLAYBOOK_DIR = Path(__file__).resolve().parent / "playbooks"
 SSH_ARGS = (
     "-C -o ControlMaster=auto -o ControlPersist=60s "
@@ -163,6 +179,77 @@ def run_playbook(
     return PlaybookResult(str(path), runner.rc, runner.status, collector.hosts)
 
 
+def node_action_timeout(stop_timeout: float) -> float:
+    """Seconds one node-action (a stop with its SIGKILL fallback, say) may take in all."""
+    return stop_timeout + NODE_ACTION_MARGIN
+
+
+def playbook_run_timeout(stop_timeout: float) -> float:
+    """Seconds one run of the scheduler playbook may take in all."""
+    return node_action_timeout(stop_timeout) + PLAYBOOK_RUN_MARGIN
+
+
+def scheduler_playbook_vars(
+    *,
+    hosts: str,
+    actions: dict[str, str],
+    epoch: int | str,
+    unit: str,
+    health_url: str | None,
+    stop_timeout: float,
+) -> dict[str, Any]:
+    """The extra-vars of every run of playbooks/scheduler.yml, which requires each one.
+
+    `hosts` is the play's host pattern, `actions` maps a host to start, stop or
+    restart (the others report status), `epoch` is the fencing epoch, or "local"
+    for a stop this node's own controller decided.
+    """
+    return {
+        "ha_hosts": hosts,
+        "ha_actions": dict(actions),
+        "ha_epoch": epoch,
+        "ha_unit": unit,
+        "ha_health_url": health_url or "",
+        "ha_stop_timeout": stop_timeout,
+        "ha_action_timeout": node_action_timeout(stop_timeout),
+    }
+
+
+def stop_on_this_node(
+    node: str, unit: str, stop_timeout: float, cancel: Callable[[], bool] | None = None
+) -> PlaybookResult:
+    """Stop `unit` on this machine (inventory name `node`) through the scheduler
+    playbook, without SSH: the self-fencing stop."""
+    inventory = {
+        "all": {
+            "hosts": {
+                node: {
+                    "ansible_connection": "local",
+                    "ansible_user": getpass.getuser(),
+                    "ansible_python_interpreter": "/usr/bin/python3",
+                }
+            }
+        }
+    }
+    return run_playbook(
+        SCHEDULER_PLAYBOOK,
+        inventory,
+        extravars=scheduler_playbook_vars(
+            hosts="all",
+            actions={node: "stop"},
+            epoch="local",
+            unit=unit,
+            health_url=None,
+            stop_timeout=stop_timeout,
+        ),
+        # Only as long as one node-action: if Ansible cannot do it by then, the
+        # caller stops the unit directly.
+        timeout=node_action_timeout(stop_timeout),
+        forks=1,
+        cancel=cancel,
+    )
+
+
 class InventoryError(Exception):
     """The inventory cannot be read or lacks the masters group."""
 
@@ -187,28 +274,6 @@ def read_group(inventory: str | Path, group: str) -> list[str]:
     return hosts
 
 
-@dataclass(frozen=True)
-class NodeStatus:
-    """The scheduler on one master, as a node-action run reported it."""
-
-    node: str
-    reachable: bool
-    running: bool = False  # the unit is in a state that may run scheduler code
-    healthy: bool | None = None  # health URL answer; None without a URL
-    main_pid: int = 0
-    active_state: str = "unknown"
-    since_start: float | None = None  # seconds since the unit began starting (node's clock)
-    epoch_seen: int = 0
-    changed: bool = False
-    refused: bool = False
-    error: str = ""
-
-    @property
-    def serving(self) -> bool:
-        """Running and not known to be unhealthy."""
-        return self.running and self.healthy is not False
-
-
 class SchedulerNodes:
     """Scheduler actions on the masters, one playbook run per call."""
 
@@ -224,7 +289,7 @@ class SchedulerNodes:
         self.inventory = Path(inventory)
         self.group = group
         self.unit = unit
-        self.health_url = health_url or ""
+        self.health_url = health_url
         self.stop_timeout = stop_timeout
         self.data_dir = data_dir
         self.masters = read_group(self.inventory, group)
@@ -233,26 +298,27 @@ class SchedulerNodes:
         self,
         actions: dict[str, str],
         epoch: int,
-        timeout: float,
+        timeout: float | None = None,
         hosts: list[str] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> dict[str, NodeStatus]:
         """Act on the named hosts (status on the others) and report every targeted host.
-        A host with no result (the run timed out or was cancelled) is reported unreachable."""
+        A host with no result (the run timed out or was cancelled) is reported unreachable.
+        `timeout` defaults to what a run with a stop may take."""
         targets = hosts if hosts is not None else self.masters
         result = run_playbook(
-            "scheduler.yml",
+            SCHEDULER_PLAYBOOK,
             self.inventory,
             limit=",".join(targets),
-            extravars={
-                "ha_hosts": self.group,
-                "ha_actions": actions,
-                "ha_epoch": epoch,
-                "ha_unit": self.unit,
-                "ha_health_url": self.health_url,
-                "ha_stop_timeout": self.stop_timeout,
-            },
-            timeout=timeout,
+            extravars=scheduler_playbook_vars(
+                hosts=self.group,
+                actions=actions,
+                epoch=epoch,
+                unit=self.unit,
+                health_url=self.health_url,
+                stop_timeout=self.stop_timeout,
+            ),
+            timeout=playbook_run_timeout(self.stop_timeout) if timeout is None else timeout,
             forks=max(len(targets), 1),
             data_dir=self.data_dir,
             cancel=cancel,

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from ha_toolkit.decisions import Decider
 from ha_toolkit.metastore import ClusterRecord
-from ha_toolkit.nodes import NodeStatus
+from ha_toolkit.models import NodeStatus
 
+REPO = Path(__file__).resolve().parent.parent
 MASTERS = ["m1", "m2", "m3"]
 
 
@@ -182,3 +187,16 @@ def test_a_deferred_repair_does_not_count_as_flapping() -> None:
     assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 0).start == "m1"
     # not started (unsafe yet): the next poll plans the same repair, not a move
     assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 1).start == "m1"
+
+
+def test_decisions_import_no_ansible() -> None:
+    # decisions.py is pure: importing it must not load Ansible or ansible-runner.
+    code = (
+        "import sys, ha_toolkit.decisions; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('ansible', 'ansible_runner')"
+        " or m == 'ha_toolkit.nodes'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO
+    ).stdout
+    assert out.strip() == "[]"
