@@ -1,11 +1,15 @@
-"""The metastore contract: every backend passes the same tests against a real server.
+"""The metastore contract: every backend passes the same tests.
 
 The contract lives in `_Contract`; `TestMySQL` and `TestZooKeeper` supply a
-`store_factory` and the one thing that differs, how a holder loses its lease without
-cooperating. Each backend is a class of its own rather than a parameter because
-tests/conftest.py tells integration from unit tests by the fixtures a test names,
-and a parametrized fixture reaching its server through `request.getfixturevalue`
-would hide that (naming both servers would start both for every test).
+`config` for a real server and the one thing that differs, how a holder loses its
+lease without cooperating. `TestMemory` runs the same contract on the in-memory
+backend (ha_toolkit/metastore/memory.py), whose clients share one process: its
+contenders are threads instead of processes. Each backend is a class of its own
+rather than a parameter because tests/conftest.py tells integration from unit tests
+by the fixtures a test names (the real servers' fixtures make TestMySQL and
+TestZooKeeper integration tests; TestMemory names none, so it is a unit test), and
+a parametrized fixture reaching its server through `request.getfixturevalue` would
+hide that (naming both servers would start both for every test).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -33,6 +38,7 @@ from ha_toolkit.metastore import (
     MetastoreError,
     open_metastore,
 )
+from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.procs import free_port
 from tests.harness.zookeeper import ZooKeeperCluster
@@ -130,6 +136,39 @@ class _Contender:
             self.proc.stdout.close()
 
 
+class _ThreadContender:
+    """The same part as `_Contender`, played by a thread on a client of an in-memory
+    server (which cannot be shared between processes)."""
+
+    def __init__(self, store: Metastore, name: str, ttl: float) -> None:
+        self.name = name
+        self._store = store
+        self._ttl = ttl
+        self._result: dict[str, Any] | None = None
+        self._thread = threading.Thread(target=self._acquire, name=name, daemon=True)
+
+    def _acquire(self) -> None:
+        lease = self._store.acquire(self.name, self._ttl)
+        self._result = lease and {"epoch": lease.epoch, "deadline": lease.deadline}
+
+    def wait_ready(self) -> None:
+        pass
+
+    def go(self) -> None:
+        self._thread.start()
+
+    def result(self) -> dict[str, Any] | None:
+        self._thread.join(10)
+        assert not self._thread.is_alive(), f"contender {self.name} did not finish"
+        return self._result
+
+    def kill(self) -> None:
+        pass  # it never renews: as good as dead
+
+    def close(self) -> None:
+        pass
+
+
 def _acquire_within(store: Metastore, controller: str, ttl: float, bound: float) -> Lease:
     """Poll acquire() until it wins; MetastoreError counts as not yet."""
     deadline = time.monotonic() + bound
@@ -177,9 +216,19 @@ class _Contract:
     def unreachable_config(self) -> MetastoreConfig:
         raise NotImplementedError
 
+    def open_unreachable(self) -> Metastore:
+        """A store whose server does not answer."""
+        return open_metastore(self.unreachable_config())
+
     def lose_lease(self, store: Metastore) -> None:
         """Make `store`'s lease end without its cooperation (it stops renewing)."""
         raise NotImplementedError
+
+    def contender(
+        self, config: MetastoreConfig, store_factory: StoreFactory, name: str, ttl: float, log: Path
+    ) -> _Contender | _ThreadContender:
+        """A contender for the lease in a process of its own."""
+        return _Contender(config, name, ttl, log)
 
     @pytest.fixture
     def store_factory(self, config: MetastoreConfig) -> Iterator[StoreFactory]:
@@ -200,7 +249,9 @@ class _Contract:
         observer = store_factory()
         observer.setup()
         names = ["c1", "c2", "c3"]
-        contenders = [_Contender(config, n, LONG_TTL, tmp_path / f"{n}.log") for n in names]
+        contenders = [
+            self.contender(config, store_factory, n, LONG_TTL, tmp_path / f"{n}.log") for n in names
+        ]
         try:
             for contender in contenders:
                 contender.wait_ready()
@@ -250,7 +301,7 @@ class _Contract:
     ) -> None:
         successor = store_factory()
         successor.setup()
-        holder = _Contender(config, "c1", self.short_ttl, tmp_path / "c1.log")
+        holder = self.contender(config, store_factory, "c1", self.short_ttl, tmp_path / "c1.log")
         try:
             holder.wait_ready()
             holder.go()
@@ -397,7 +448,7 @@ class _Contract:
         for call in calls:
             started = time.monotonic()
             with pytest.raises(MetastoreError) as caught:
-                store = open_metastore(config)
+                store = self.open_unreachable()
                 try:
                     call(store)
                 finally:
@@ -533,3 +584,58 @@ class TestZooKeeper(_Contract):
             assert store.read().scheduler_node == "m1"
         finally:
             store.close()
+
+
+class TestMemory(_Contract):
+    short_ttl = 1.0  # long enough for a loaded machine between two calls of one test step
+
+    @pytest.fixture
+    def server(self) -> MemoryServer:
+        return MemoryServer()
+
+    @pytest.fixture
+    def config(self) -> MetastoreConfig:
+        return MetastoreConfig(type="memory", prefix="contract", connect_timeout=1.0)
+
+    @pytest.fixture
+    def store_factory(self, server: MemoryServer) -> Iterator[StoreFactory]:
+        made: list[Metastore] = []
+
+        def make() -> Metastore:
+            store = server.connect()
+            made.append(store)
+            return store
+
+        yield make
+        for store in made:
+            store.close()
+
+    def unreachable_config(self) -> MetastoreConfig:
+        return MetastoreConfig(type="memory", password=SECRET, connect_timeout=0.1)
+
+    def open_unreachable(self) -> Metastore:
+        server = MemoryServer()
+        server.connect().setup()
+        server.reachable = False
+        return server.connect()
+
+    def lose_lease(self, store: Metastore) -> None:
+        pass  # not renewing is enough: the server's clock ends the lease
+
+    def contender(
+        self, config: MetastoreConfig, store_factory: StoreFactory, name: str, ttl: float, log: Path
+    ) -> _Contender | _ThreadContender:
+        return _ThreadContender(store_factory(), name, ttl)
+
+    def test_one_client_cut_off_while_the_others_reach_the_server(
+        self, store_factory: StoreFactory
+    ) -> None:
+        cut, other = store_factory(), store_factory()
+        cut.setup()
+        assert isinstance(cut, MemoryMetastore)
+        cut.reachable = False
+        with pytest.raises(MetastoreError, match="unreachable"):
+            cut.read()
+        assert other.read().holder is None
+        cut.reachable = True
+        assert cut.read().holder is None

@@ -1,8 +1,9 @@
 """The metastore: a lease with a fencing epoch, and the cluster record it guards.
 
-One small interface, one module per backend (``mysql``, ``zookeeper``). Every
-backend passes the same contract suite (tests/test_metastore_contract.py)
-against a real server.
+One small interface, one module per backend (``mysql``, ``zookeeper``, and
+``memory``: the same contract in one process, for fast tests of the control
+loop; it is not a ``metastore.type``). Every backend passes the same contract
+suite (tests/test_metastore_contract.py), the real ones against a real server.
 
 What it guarantees, assuming clocks whose *rate* drifts by a bounded amount
 (no synchronisation assumed):
