@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,8 @@ import pytest
 import yaml
 
 from ha_toolkit import __version__, cli
-from ha_toolkit.metastore import ClusterRecord
+from ha_toolkit.metastore import Lease
+from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
 from tests.harness.mariadb import MariaDBServer
 from tests.harness.procs import Process, free_port, wait_for
 
@@ -260,45 +261,37 @@ def test_init_json_writes_a_sample(capsys: pytest.CaptureFixture[str], tmp_path:
     assert data == {"wrote": str(path), "masters": [], "notes": []}
 
 
-class FakeStore:
-    """Just enough of a Metastore for the operator commands."""
+@dataclass
+class Held:
+    """An in-memory metastore whose lease node1's controller holds, placing the scheduler
+    on node1; the CLI's commands reach it instead of a real server."""
 
-    def __init__(self, holder: str | None = "node1#ab12", scheduler: str | None = "node1") -> None:
-        self.record = ClusterRecord(holder=holder, epoch=3, scheduler_node=scheduler)
-        self.closed = False
-
-    def read(self) -> ClusterRecord:
-        return self.record
-
-    def set_paused(self, paused: bool) -> None:
-        self.record = dataclasses.replace(self.record, paused=paused)
-
-    def clear(self) -> None:
-        self.record = ClusterRecord(epoch=self.record.epoch)
-
-    def request_failover(self, node: str | None) -> None:
-        self.record = dataclasses.replace(self.record, failover_to=node or "")
-
-    def close(self) -> None:
-        self.closed = True
+    store: MemoryMetastore
+    lease: Lease
 
 
 @pytest.fixture
-def store(monkeypatch: pytest.MonkeyPatch) -> FakeStore:
-    fake = FakeStore()
-    monkeypatch.setattr(cli, "_open_store", lambda config: fake)
-    return fake
+def held(monkeypatch: pytest.MonkeyPatch) -> Held:
+    server = MemoryServer()
+    active = server.connect()
+    active.setup()
+    lease = active.acquire("node1#ab12", 600)
+    assert lease is not None
+    active.write_placement(lease, "node1")
+    store = server.connect()
+    monkeypatch.setattr(cli, "_open_store", lambda config: store)
+    return Held(store, lease)
 
 
 def test_operator_commands_json(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: FakeStore
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, held: Held
 ) -> None:
     config = ["--config", str(write_config(tmp_path)), "--json"]
     assert main_json(capsys, *config, "pause") == (0, {"paused": True}, "")
-    assert store.record.paused
+    assert held.store.read().paused
     assert main_json(capsys, *config, "resume") == (0, {"paused": False}, "")
     code, data, _ = main_json(capsys, *config, "failover", "--wait", "0")
-    assert code == 0 and store.record.failover_to == ""
+    assert code == 0 and held.store.read().failover_to == ""
     assert data == {
         "from": "node1",
         "to": None,
@@ -317,16 +310,16 @@ def test_operator_commands_json(
         {"active": None, "controller": None, "scheduler": None},
         "",
     )
-    assert store.closed
 
 
 def test_failover_json_reports_the_move(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, store: FakeStore
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, held: Held
 ) -> None:
     def carried_out(node: str | None) -> None:  # an ACTIVE that moves at once
-        store.record = dataclasses.replace(store.record, scheduler_node="node2", failover_to=None)
+        assert node == "node2"
+        held.store.write_placement(held.lease, node)
 
-    store.request_failover = carried_out  # type: ignore[method-assign]
+    held.store.request_failover = carried_out  # type: ignore[method-assign]
     inventory = yaml.safe_dump(
         {"all": {"children": {"masters": {"hosts": {"node1": {}, "node2": {}}}}}}
     )

@@ -34,7 +34,7 @@ from tests.failover_support import (
     wait_healthy_on,
 )
 from tests.harness.cluster import Cluster
-from tests.harness.controllers import METRICS_PORT, Observer
+from tests.harness.controllers import CONTROLLER_UNIT, METRICS_PORT, Observer
 
 
 @pytest.fixture(scope="module", params=["mysql", "zookeeper"])
@@ -173,11 +173,16 @@ def test_active_controller_killed_standby_takes_over(ha: ControllerCluster) -> N
         active = ha.wait_active(TAKEOVER)
         epoch = status(ha)["epoch"]
         ha.signal_controller(active, "KILL")
-        wait_for(lambda: status(ha)["epoch"] > epoch, TAKEOVER, "a new epoch")
-        new_active = status(ha)["holder"]
-        assert new_active
-        observer.wait_single(SETTLE)
-        wait_healthy_on(ha, status(ha)["scheduler_node"])
+        # Keep the killed controller down (systemd would restart it after RestartSec and it
+        # might win the lease back): the test is that a STANDBY on another node takes over.
+        ha.cluster.node(active).exec(f"systemctl stop {CONTROLLER_UNIT}")
+        try:
+            wait_for(lambda: status(ha)["epoch"] > epoch, TAKEOVER, "a new epoch")
+            assert ha.wait_active(TAKEOVER, not_on=active) != active
+            observer.wait_single(SETTLE)
+            wait_healthy_on(ha, status(ha)["scheduler_node"])
+        finally:
+            ha.start([active])
 
 
 def test_watchdog_ends_a_hung_controller_and_its_scheduler(ha: ControllerCluster) -> None:

@@ -1,0 +1,496 @@
+"""The control loop (controller.py) driven with a fake clock: controllers on an in-memory
+metastore, fake masters whose scheduler units behave as node-action reports them, and a
+fake local scheduler per node. No services, no Ansible, no sleeping.
+
+`World.simulate` wakes each controller when its own loop would (`next_wakeup`), so the
+timing of takeover, fencing and moves is the controller's, and it checks the invariant
+the fault tests check from outside after every cycle: never two schedulers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from ha_toolkit import controller as controller_module
+from ha_toolkit.config import Config, MetastoreConfig, Timings, move_wait
+from ha_toolkit.controller import Controller
+from ha_toolkit.metastore import ClusterRecord
+from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
+from ha_toolkit.models import NodeStatus
+
+MASTERS = ("m1", "m2", "m3")
+TIMINGS = Timings(
+    poll_interval=2.0,
+    lease_ttl=6.0,
+    fence_after=8.0,
+    start_timeout=10.0,
+    stop_timeout=3.0,
+    watchdog=2.0,  # WatchdogSec, only when the test sets $WATCHDOG_USEC to it
+    clock_drift=0.05,
+)
+MOVE_WAIT = move_wait(TIMINGS)  # (8 + 3) * 1.05 + 2 = 13.55 s
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@dataclass
+class Unit:
+    """The scheduler unit on one master."""
+
+    running: bool = False
+    healthy: bool = True  # its health URL answers (False while running: hung)
+    started_at: float = 0.0  # when the unit began starting (the node's clock)
+    epoch_seen: int = 0  # node-action's fencing token
+    starts: int = 0
+
+
+class FakeMasters:
+    """The masters' scheduler units, acted on as node-action does (fencing token first)."""
+
+    def __init__(self, names: tuple[str, ...], clock: FakeClock) -> None:
+        self.clock = clock
+        self.units = {name: Unit() for name in names}
+        self.unreachable: set[str] = set()  # from every controller's Ansible
+        self.actions: list[tuple[str, str, int | str]] = []  # (node, action, epoch), as run
+        self.action_times: list[float] = []  # when each of them ran
+
+    def running(self) -> list[str]:
+        return [name for name, unit in self.units.items() if unit.running]
+
+    def start(self, node: str) -> None:
+        unit = self.units[node]
+        unit.running, unit.healthy, unit.started_at = True, True, self.clock()
+        unit.starts += 1
+
+    def status(self, node: str) -> NodeStatus:
+        if node in self.unreachable:
+            return NodeStatus(node, reachable=False, error="unreachable")
+        unit = self.units[node]
+        return NodeStatus(
+            node,
+            reachable=True,
+            running=unit.running,
+            healthy=unit.healthy if unit.running else False,
+            active_state="active" if unit.running else "inactive",
+            since_start=self.clock() - unit.started_at if unit.running else None,
+            epoch_seen=unit.epoch_seen,
+        )
+
+    def act(self, node: str, action: str, epoch: int) -> NodeStatus:
+        if node in self.unreachable or action == "status":
+            return self.status(node)
+        unit = self.units[node]
+        if epoch < unit.epoch_seen:
+            return replace(self.status(node), refused=True, error=f"refused: epoch {epoch}")
+        unit.epoch_seen = epoch
+        self.actions.append((node, action, epoch))
+        self.action_times.append(self.clock())
+        changed = False
+        if action in ("stop", "restart") and unit.running:
+            unit.running, changed = False, True
+        if action in ("start", "restart") and not unit.running:
+            self.start(node)
+            changed = True
+        return replace(self.status(node), changed=changed)
+
+
+class FakeNodes:
+    """nodes.SchedulerNodes for one controller: one 'playbook run' per call."""
+
+    def __init__(self, masters: FakeMasters) -> None:
+        self._masters = masters
+        self.masters = list(masters.units)
+        self.runs: list[dict[str, str]] = []
+        self.run_seconds = 0.0  # how long a run takes on the clock
+
+    def run(
+        self,
+        actions: dict[str, str],
+        epoch: int,
+        timeout: float | None = None,
+        hosts: list[str] | None = None,
+        cancel: object = None,
+    ) -> dict[str, NodeStatus]:
+        self.runs.append(dict(actions))
+        targets = hosts if hosts is not None else self.masters
+        self._masters.clock.advance(self.run_seconds)
+        if callable(cancel) and cancel():  # ansible-runner polls it while the run lasts
+            return {
+                n: NodeStatus(n, reachable=False, error="no result (canceled)") for n in targets
+            }
+        return {n: self._masters.act(n, actions.get(n, "status"), epoch) for n in targets}
+
+
+class FakeLocal:
+    """local.LocalScheduler: the unit on the controller's own node."""
+
+    def __init__(self, masters: FakeMasters, node: str) -> None:
+        self.masters = masters
+        self.node = node
+        self.fenced: list[tuple[float, str]] = []  # (when, why)
+
+    def running(self) -> bool:
+        return self.masters.units[self.node].running
+
+    def fence(self, reason: str, keepalive: object = None) -> bool:
+        self.fenced.append((self.masters.clock(), reason))
+        self.masters.units[self.node].running = False
+        return True
+
+
+@dataclass
+class Node:
+    controller: Controller
+    store: MemoryMetastore
+    nodes: FakeNodes
+    local: FakeLocal
+    alive: bool = True  # False: the controller process is gone (SIGKILL: no release)
+
+
+class World:
+    def __init__(self, timings: Timings = TIMINGS, masters: tuple[str, ...] = MASTERS) -> None:
+        self.clock = FakeClock()
+        self.timings = timings
+        self.server = MemoryServer(
+            clock=self.clock, wall_clock=lambda: datetime.fromtimestamp(self.clock(), UTC)
+        )
+        self.operator = self.server.connect()
+        self.operator.setup()
+        self.masters = FakeMasters(masters, self.clock)
+        self.nodes: dict[str, Node] = {}
+        self.wake: dict[str, float] = {}
+
+    def add(self, name: str, offset: float = 0.0) -> Node:
+        """A controller on master `name`, whose loop first runs `offset` s from now."""
+        config = Config(
+            path=Path("controller.yml"),
+            metastore=MetastoreConfig(type="memory"),
+            node_name=name,
+            timings=self.timings,
+        )
+        store = self.server.connect()
+        nodes, local = FakeNodes(self.masters), FakeLocal(self.masters, name)
+        controller = Controller(config, store, nodes, local, clock=self.clock)
+        self.nodes[name] = Node(controller, store, nodes, local)
+        self.wake[name] = self.clock() + offset
+        return self.nodes[name]
+
+    def record(self) -> ClusterRecord:
+        return self.operator.read()
+
+    def event_times(self, action: str, node: str) -> list[float]:
+        """When the metastore logged `action` on `node`, on the fake clock."""
+        return [
+            e.time.timestamp()
+            for e in self.operator.events(1000)
+            if e.action == action and e.node == node and e.time is not None
+        ]
+
+    def active(self) -> str | None:
+        holder = self.record().holder
+        return holder.split("#")[0] if holder else None
+
+    def cycle(self, name: str) -> None:
+        started = self.clock()
+        controller = self.nodes[name].controller
+        controller.cycle()
+        self.wake[name] = controller.next_wakeup(started)
+        assert len(self.masters.running()) <= 1, f"two schedulers: {self.masters.running()}"
+
+    def simulate(self, seconds: float) -> None:
+        """Run every live controller's loop for `seconds` of the fake clock."""
+        until = self.clock() + seconds
+        while True:
+            alive = [n for n in self.wake if self.nodes[n].alive]
+            if not alive:
+                self.clock.now = until
+                return
+            name = min(alive, key=lambda n: self.wake[n])
+            if self.wake[name] > until:
+                self.clock.now = until
+                return
+            self.clock.now = max(self.clock.now, self.wake[name])
+            self.cycle(name)
+
+    def kill(self, name: str) -> None:
+        self.nodes[name].alive = False
+
+    def settled(self) -> World:
+        """Three controllers, m1's first to run: m1 ACTIVE, the scheduler on m2 (not on
+        the ACTIVE's own master) and seen healthy."""
+        for offset, name in enumerate(self.masters.units):
+            self.add(name, offset * 0.5)
+        self.simulate(3 * self.timings.poll_interval)
+        assert self.active() == "m1"
+        assert self.masters.running() == ["m2"] and self.record().scheduler_node == "m2"
+        return self
+
+
+@pytest.fixture(autouse=True)
+def no_systemd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Not under systemd unless a test says so: no watchdog, nowhere to notify.
+    for name in ("WATCHDOG_USEC", "WATCHDOG_PID", "NOTIFY_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+# -- takeover and step-down ---------------------------------------------------------------------
+def test_first_controller_takes_the_lease_and_starts_one_scheduler(world: World) -> None:
+    m1 = world.add("m1")
+    world.add("m2", 0.5)
+    world.cycle("m1")
+    assert m1.controller.leader is not None and world.active() == "m1"
+    assert world.record().epoch == 1
+    # Not on the ACTIVE's own master; fenced with the ACTIVE's epoch.
+    assert world.masters.running() == ["m2"] and world.record().scheduler_node == "m2"
+    assert world.masters.actions == [("m2", "start", 1)]
+    world.cycle("m2")
+    assert world.nodes["m2"].controller.leader is None  # a STANDBY
+    assert world.masters.units["m2"].starts == 1
+
+
+def test_standby_takes_over_after_the_lease_lapses_and_keeps_the_scheduler(
+    world: World,
+) -> None:
+    world.settled()
+    epoch = world.record().epoch
+    world.kill("m1")  # SIGKILL: the lease is not released
+    remaining = world.record().lease_remaining
+    assert remaining is not None
+    lapses_at = world.clock() + remaining  # by the metastore's clock
+    while world.active() in ("m1", None):
+        world.simulate(0.5)
+        assert world.clock() < lapses_at + 2 * TIMINGS.poll_interval, "nobody took over"
+    # Not before the lease lapsed, and at the next poll of a STANDBY after it (the
+    # simulation looks every 0.5 s). The controller on the scheduler's own master lets
+    # one poll pass first (the deferred acquire), so the other STANDBY wins: the ACTIVE
+    # and the scheduler stay on different masters.
+    taken_at = world.clock()
+    assert lapses_at < taken_at <= lapses_at + TIMINGS.poll_interval + 0.5
+    assert world.active() == "m3" and world.record().epoch == epoch + 1
+    world.simulate(3 * TIMINGS.poll_interval)
+    # The healthy scheduler is adopted as it is: not restarted, not moved.
+    assert world.masters.running() == ["m2"] and world.masters.units["m2"].starts == 1
+    assert world.record().scheduler_node == "m2"
+    assert world.masters.actions == [("m2", "start", epoch)]
+
+
+def test_step_down_when_the_renew_is_refused(world: World) -> None:
+    m1 = world.settled().nodes["m1"]
+    world.operator.clear()  # an operator's clear-metadata --force: the lease is gone
+    runs = len(m1.nodes.runs)
+    world.cycle("m1")
+    assert m1.controller.leader is None  # LeaseLost on the renew: STANDBY at once
+    assert len(m1.nodes.runs) == runs  # and no node action in that cycle
+
+
+def test_step_down_when_the_metastore_is_out_of_reach(world: World) -> None:
+    m1 = world.settled().nodes["m1"]
+    m1.store.reachable = False
+    runs = len(m1.nodes.runs)
+    world.cycle("m1")
+    assert m1.controller.leader is None
+    assert len(m1.nodes.runs) == runs
+    assert world.masters.running() == ["m2"]  # the STANDBY side keeps its scheduler
+
+
+def test_step_down_when_the_renew_fails_during_a_long_action(world: World) -> None:
+    m1 = world.settled().nodes["m1"]
+    world.masters.units["m2"].running = False  # something to act on, were it still ACTIVE
+    m1.nodes.run_seconds = TIMINGS.poll_interval  # the observation takes a whole poll
+    observe = m1.nodes.run
+
+    def observe_then_lose_the_metastore(*args: object, **kwargs: object) -> dict[str, NodeStatus]:
+        # Reachable for the cycle's own read and renew; not for the renew that the
+        # run's cancel check makes once a poll has passed.
+        m1.store.reachable = False
+        return observe(*args, **kwargs)  # type: ignore[arg-type]
+
+    m1.nodes.run = observe_then_lose_the_metastore  # type: ignore[method-assign]
+    runs = len(m1.nodes.runs)
+    world.cycle("m1")
+    assert m1.controller.leader is None
+    assert m1.nodes.runs[runs:] == [{}]  # the cancelled observation, and no action after it
+    assert world.masters.running() == []
+
+
+# -- fencing, next_wakeup and the watchdog ------------------------------------------------------
+def test_a_node_cut_off_from_the_metastore_fences_itself_after_the_fence_window(
+    world: World,
+) -> None:
+    world.settled()
+    m2 = world.nodes["m2"]
+    confirmed_at = m2.controller.confirmed_at
+    assert confirmed_at is not None
+    m2.store.reachable = False
+    fence_window = m2.controller.fence_window
+    assert fence_window == TIMINGS.fence_after  # no watchdog here
+    while not m2.local.fenced:
+        assert world.masters.units["m2"].running
+        world.cycle("m2")
+        world.clock.now = world.wake["m2"]
+    # The cycle that fenced ran exactly when the right to run lapsed (next_wakeup).
+    ((when, why),) = m2.local.fenced
+    assert when == confirmed_at + fence_window
+    assert "not confirmed" in why and not world.masters.units["m2"].running
+
+
+def test_next_wakeup_is_when_the_right_to_run_lapses(world: World) -> None:
+    world.settled()
+    m2, m3 = world.nodes["m2"].controller, world.nodes["m3"].controller
+    assert m2.confirmed_at is not None
+    started = m2.confirmed_at + 7.0
+    # Runs the scheduler: wakes at the end of its placement's fence window if sooner.
+    assert m2.next_wakeup(started) == m2.confirmed_at + m2.fence_window
+    assert m2.next_wakeup(m2.confirmed_at) == m2.confirmed_at + TIMINGS.poll_interval
+    # Runs none: one poll later.
+    assert m3.next_wakeup(started) == started + TIMINGS.poll_interval
+
+
+def test_stray_scheduler_on_a_standby_is_fenced_at_once(world: World) -> None:
+    world.settled()
+    world.masters.units["m3"].running = True  # started by hand; the record names m2
+    world.nodes["m3"].controller.cycle()  # (not world.cycle: two run until this cycle)
+    assert world.nodes["m3"].local.fenced[0][1] == "the placement names m2"
+    assert world.masters.running() == ["m2"]
+
+
+def test_deferred_acquire_on_the_schedulers_node(world: World) -> None:
+    world.settled()
+    world.kill("m1")
+    world.kill("m3")
+    m2 = world.nodes["m2"]
+    while world.record().holder is not None:  # the dead ACTIVE's lease lapses
+        world.simulate(0.25)
+    world.cycle("m2")
+    lapsed_seen = world.clock()
+    assert m2.controller.leader is None  # lets one poll pass first
+    assert m2.controller.acquire_after == lapsed_seen + TIMINGS.poll_interval
+    world.simulate(TIMINGS.poll_interval - 0.01)
+    assert m2.controller.leader is None
+    world.simulate(TIMINGS.poll_interval)
+    assert m2.controller.leader is not None and world.active() == "m2"
+    assert world.masters.running() == ["m2"]  # alone, it keeps its own scheduler
+
+
+@pytest.fixture
+def notified(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Under systemd with WatchdogSec = timings.watchdog: what the controllers send it."""
+    sent: list[str] = []
+
+    def sd_notify(message: str) -> bool:
+        sent.append(message)
+        return True
+
+    monkeypatch.setenv("WATCHDOG_USEC", str(int(TIMINGS.watchdog * 1e6)))
+    monkeypatch.setattr(controller_module, "sd_notify", sd_notify)
+    return sent
+
+
+def pings(notified: list[str]) -> int:
+    """Watchdog pings sent since the last call."""
+    count = notified.count("WATCHDOG=1")
+    notified.clear()
+    return count
+
+
+def test_watchdog_is_not_fed_once_the_placement_is_stale(world: World, notified: list[str]) -> None:
+    world.settled()
+    m2, m3 = world.nodes["m2"], world.nodes["m3"]
+    assert m2.controller.watchdog == TIMINGS.watchdog
+    # With a watchdog the node fences itself that much earlier, so a loop that hangs
+    # instead is killed by systemd no later than fence_after after the confirmation.
+    assert m2.controller.fence_window == TIMINGS.fence_after - TIMINGS.watchdog
+    m2.store.reachable = m3.store.reachable = False
+    world.cycle("m2")
+    world.cycle("m3")
+    confirmed_at = m2.controller.confirmed_at
+    assert confirmed_at is not None
+    pings(notified)
+    world.clock.now = confirmed_at + m2.controller.fence_window
+    m2.controller.ping_watchdog()
+    m3.controller.ping_watchdog()
+    assert pings(notified) == 2  # both still fed at the end of the window
+    world.clock.advance(0.01)
+    m2.controller.ping_watchdog()
+    m3.controller.ping_watchdog()
+    assert pings(notified) == 1  # m2 runs a scheduler on a stale placement: starve
+    world.cycle("m2")  # a loop that still runs fences itself (its first ping starved)
+    assert m2.local.fenced and pings(notified) == 0
+    m2.controller.ping_watchdog()  # and, its scheduler stopped, is fed again between cycles
+    assert pings(notified) == 1
+
+
+# -- moves --------------------------------------------------------------------------------------
+def test_move_waits_for_move_wait_when_the_old_node_cannot_be_seen(world: World) -> None:
+    world.settled()
+    # m2 is cut off from everything: the ACTIVE cannot see it, its controller cannot
+    # read the metastore, and its scheduler keeps running until that controller fences.
+    world.masters.unreachable.add("m2")
+    world.nodes["m2"].store.reachable = False
+    world.simulate(MOVE_WAIT + 3 * TIMINGS.poll_interval)
+    assert world.masters.running() == ["m3"] and world.record().scheduler_node == "m3"
+    (placed_at,) = world.event_times("place", "m3")
+    started_at = world.masters.units["m3"].started_at
+    # Started on the first poll after move_wait, not sooner; by then the old node had
+    # fenced itself (fence_after after its last confirmation, before the write).
+    assert MOVE_WAIT <= started_at - placed_at < MOVE_WAIT + TIMINGS.poll_interval
+    ((fenced_at, _),) = world.nodes["m2"].local.fenced
+    assert fenced_at < started_at
+
+
+def test_move_starts_at_once_when_the_old_node_is_seen_stopped(world: World) -> None:
+    world.settled()
+    world.operator.request_failover("m3")  # `ha-toolkit failover --to m3`
+    world.simulate(TIMINGS.poll_interval)
+    assert world.masters.running() == ["m3"] and world.record().scheduler_node == "m3"
+    assert world.record().failover_to is None
+    # Stop seen, then start, within the one poll: no move_wait when nothing is unknown.
+    assert [a[:2] for a in world.masters.actions[-2:]] == [("m2", "stop"), ("m3", "start")]
+    assert world.masters.action_times[-1] - world.event_times("place", "m3")[0] < 1.0
+
+
+# -- a scheduler that hangs inside its start window (issue 10) ----------------------------------
+def test_scheduler_hung_inside_the_start_window_waits_for_start_timeout(world: World) -> None:
+    world.settled()
+    unit = world.masters.units["m2"]
+    # systemd has just restarted the scheduler (Restart=on-failure), it hangs at once,
+    # and the ACTIVE controller is SIGKILLed at the same moment.
+    unit.started_at = world.clock() - 1.0
+    unit.healthy = False
+    world.kill("m1")
+    hung_since = unit.started_at
+    while unit.started_at == hung_since:
+        world.simulate(0.5)
+        # Issue 10: this is TODAY's rule, the known weakness: an unhealthy scheduler
+        # younger than start_timeout counts as "starting", even one that is hung (its
+        # health port accepts connections and never answers). Issue 10 asks to restart
+        # it on the first poll that sees it hung; change this test with that fix.
+        assert world.clock() - hung_since < TIMINGS.start_timeout + TIMINGS.poll_interval
+    (node, action, epoch), when = world.masters.actions[-1], world.masters.action_times[-1]
+    # Left alone until start_timeout since the unit started, then restarted in place (not
+    # moved) on the first poll after that, by the new ACTIVE; nothing else was done to it.
+    assert (node, action) == ("m2", "restart") and world.active() == "m3"
+    assert epoch == world.record().epoch
+    assert (
+        TIMINGS.start_timeout <= when - hung_since < TIMINGS.start_timeout + TIMINGS.poll_interval
+    )
+    assert [a[:2] for a in world.masters.actions] == [("m2", "start"), ("m2", "restart")]
+    assert world.masters.running() == ["m2"] and unit.healthy
