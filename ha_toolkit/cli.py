@@ -157,6 +157,8 @@ def cmd_init(config_path: Path, args: argparse.Namespace) -> int:
         )
         return EXIT_OK
     config = load_config(config_path)
+    for warning in config.warnings:
+        log.warning("%s", warning)
     store = _open_store(config)
     try:
         store.setup()
@@ -167,6 +169,24 @@ def cmd_init(config_path: Path, args: argparse.Namespace) -> int:
         f"metastore ready ({config.metastore.type}, prefix {config.metastore.prefix!r})",
         {"metastore": "ready", "type": config.metastore.type, "prefix": config.metastore.prefix},
     )
+    return EXIT_OK
+
+
+def cmd_check_config(config_path: Path, args: argparse.Namespace) -> int:
+    """Load the file as `controller run` would; nothing else (no metastore, no network)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"ha-toolkit: {exc}", file=sys.stderr)
+        if args.json:
+            _print_json({"valid": False, "path": str(config_path), "error": str(exc)})
+        return EXIT_BAD_INPUT
+    if args.json:
+        _print_json({"valid": True, "path": str(config_path), "warnings": list(config.warnings)})
+    else:
+        for warning in config.warnings:
+            print(f"note: {warning}", file=sys.stderr)
+        print(f"{config_path}: ok")
     return EXIT_OK
 
 
@@ -464,6 +484,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="migrate the [scheduler_failover] section of an old airflow.cfg",
     )
+    add(
+        "check-config",
+        "check the config file as the controller would load it (no metastore, no network)",
+    )
     add("test-connection", "check the metastore and reach every master")
     add("is-scheduler-running", "which masters run the scheduler (exit 0 when exactly one)")
     status = add("status", "the ACTIVE controller, lease, scheduler node and health")
@@ -517,8 +541,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         _report(args, f"ha-toolkit {__version__}", {"version": __version__})
         return EXIT_OK
     try:
-        if args.command == "init":
+        if args.command in ("init", "check-config"):
             setup_logging(args.log_level or "WARNING", args.log_json)
+            if args.command == "check-config":
+                return cmd_check_config(args.config, args)
             return cmd_init(args.config, args)
         config = load_config(args.config)
         daemon = args.command == "controller"
@@ -526,6 +552,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.log_level or (config.logging.level if daemon else "WARNING"),
             args.log_json or config.logging.json,
         )
+        for warning in config.warnings:  # a deprecated key: the file still loads
+            log.warning("%s", warning)
         if daemon:
             return cmd_controller_run(config, args)
         return COMMANDS[args.command](config, args)

@@ -186,6 +186,7 @@ def test_test_connection_names_an_unknown_host(mariadb: MariaDBServer, tmp_path:
 COMMANDS_THAT_PRINT = [
     ["controller", "run"],
     ["init"],
+    ["check-config"],
     ["test-connection"],
     ["is-scheduler-running"],
     ["status"],
@@ -329,3 +330,43 @@ def test_failover_json_reports_the_move(
         capsys, "--config", str(config), "failover", "--to", "node2", "--json"
     )
     assert (code, data["moved"], data["scheduler_node"]) == (0, True, "node2")
+
+
+# -- check-config: what the role's `validate:` runs ---------------------------------------------
+def test_check_config_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+    assert capsys.readouterr().out == f"{config}: ok\n"
+    code, data, err = main_json(capsys, "check-config", "--config", str(config), "--json")
+    assert (code, err) == (0, "")
+    assert data == {"valid": True, "path": str(config), "warnings": []}
+
+
+def test_check_config_bad_file_is_one_line_exit_2(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, timings__lease_ttl=0.6)
+    assert cli.main(["check-config", "--config", str(config)]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith(f"ha-toolkit: {config}: timings.lease_ttl: must be at least")
+    code, data, _ = main_json(capsys, "--json", "check-config", "--config", str(config))
+    assert code == 2 and data["valid"] is False and "timings.lease_ttl" in data["error"]
+    assert SECRET not in data["error"]
+
+
+def test_check_config_names_a_deprecated_key(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, state_dir="/var/lib/ha-toolkit")
+    assert cli.main(["check-config", "--config", str(config)]) == 0
+    out, err = capsys.readouterr()
+    assert out == f"{config}: ok\n"
+    assert err.startswith(f"note: {config}: state_dir: ignored")
+
+
+def test_check_config_as_a_command() -> None:
+    # As the role's template task runs it: `validate: ha-toolkit check-config --config %s`.
+    result = run("check-config", "--config", "/nonexistent/controller.yml")
+    assert result.returncode == 2
+    assert result.stderr == "ha-toolkit: /nonexistent/controller.yml: file not found\n"

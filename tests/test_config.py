@@ -25,6 +25,8 @@ from ha_toolkit.config import (
     move_wait,
     write_sample_config,
 )
+from ha_toolkit.config import docs as config_docs
+from ha_toolkit.config.schema import Section, entries, spec_of
 from tests.harness.controllers import FAST_TIMINGS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -565,3 +567,47 @@ def test_airflow_cfg_migration_errors(tmp_path: Path) -> None:
     migration = config_from_airflow_cfg(cfg)
     assert migration.values["metastore"] == {"type": "mysql"}
     assert any("not a MySQL/MariaDB URL" in w for w in migration.warnings)
+
+
+# -- one declaration per key: the docs tables, deprecated keys ----------------------------------
+def test_docs_key_tables_are_up_to_date() -> None:
+    text = (REPO / "docs/configuration.md").read_text()
+    sections = [name for name, e in entries(Config).items() if isinstance(e.spec, Section)]
+    assert sorted(config_docs.blocks(text)) == sorted(["top", *sections])  # every key has a row
+    assert config_docs.update(text) == text, "run: python -m ha_toolkit.config.docs"
+
+
+def test_docs_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    docs = tmp_path / "configuration.md"
+    text = (REPO / "docs/configuration.md").read_text()
+    docs.write_text(text.replace("| `timings.poll_interval` | number > 0 | `10` |", "| x |"))
+    assert config_docs.main([str(docs), "--check"]) == 1
+    assert config_docs.main([str(docs)]) == 0
+    assert docs.read_text() == text
+    assert config_docs.main([str(docs), "--check"]) == 0
+
+
+def test_every_field_is_a_declared_key_or_section() -> None:
+    # A new field without its declaration would be neither checked nor documented.
+    def undeclared(cls: type) -> list[str]:
+        missing = []
+        for field in dataclasses.fields(cls):
+            if field.name in ("path", "warnings") and cls is Config:
+                continue  # not keys of the file
+            spec = spec_of(field)
+            if spec is None:
+                missing.append(f"{cls.__name__}.{field.name}")
+            elif isinstance(spec, Section):
+                missing += undeclared(spec.cls)
+        return missing
+
+    assert undeclared(Config) == []
+
+
+def test_deprecated_state_dir_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    config = load(tmp_path, merged(state_dir="/var/lib/ha-toolkit"))
+    assert config == load(tmp_path, BASE)
+    (warning,) = config.warnings
+    assert warning.startswith(f"{tmp_path / 'controller.yml'}: state_dir: ignored")
+    assert "state_dir" not in known_keys() and not load(tmp_path, BASE).warnings
+    assert not hasattr(config, "state_dir")
