@@ -13,6 +13,7 @@ show them as they are.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -182,7 +183,16 @@ def cmd_check_config(config_path: Path, args: argparse.Namespace) -> int:
             _print_json({"valid": False, "path": str(config_path), "error": str(exc)})
         return EXIT_BAD_INPUT
     if args.json:
-        _print_json({"valid": True, "path": str(config_path), "warnings": list(config.warnings)})
+        # The effective timings (defaults applied): the role sizes the units'
+        # WatchdogSec and TimeoutStopSec from them instead of repeating defaults.
+        _print_json(
+            {
+                "valid": True,
+                "path": str(config_path),
+                "warnings": list(config.warnings),
+                "timings": dataclasses.asdict(config.timings),
+            }
+        )
     else:
         for warning in config.warnings:
             print(f"note: {warning}", file=sys.stderr)

@@ -339,7 +339,11 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert capsys.readouterr().out == f"{config}: ok\n"
     code, data, err = main_json(capsys, "check-config", "--config", str(config), "--json")
     assert (code, err) == (0, "")
+    timings = data.pop("timings")
     assert data == {"valid": True, "path": str(config), "warnings": []}
+    # Every timing, defaults applied: the role reads WatchdogSec and TimeoutStopSec from here.
+    assert {"poll_interval", "lease_ttl", "fence_after", "watchdog", "stop_timeout"} <= set(timings)
+    assert all(isinstance(value, float) for value in timings.values())
 
 
 def test_check_config_bad_file_is_one_line_exit_2(
