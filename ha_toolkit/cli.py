@@ -94,6 +94,18 @@ def _nodes(config: Config) -> SchedulerNodes:
     )
 
 
+def _masters_with_this_node(config: Config) -> SchedulerNodes:
+    """The masters, refusing (exit 2) a config whose node_name is not one of them: its
+    controller could never confirm a placement, and would fence its own node for ever."""
+    nodes = _nodes(config)
+    if config.node_name not in nodes.masters:
+        raise UsageError(
+            f"{config.inventory}: node_name {config.node_name!r} is not in group "
+            f"{config.masters_group!r} (hosts: {', '.join(nodes.masters)})"
+        )
+    return nodes
+
+
 def _record_dict(record: ClusterRecord) -> dict[str, Any]:
     data = asdict(record)
     data["failed_nodes"] = list(record.failed_nodes)
@@ -107,12 +119,7 @@ def cmd_controller_run(config: Config, args: argparse.Namespace) -> int:
     from ha_toolkit.local import LocalScheduler, watchdog_interval
     from ha_toolkit.metrics import Metrics
 
-    nodes = _nodes(config)
-    if config.node_name not in nodes.masters:
-        raise UsageError(
-            f"{config.inventory}: node_name {config.node_name!r} is not in group "
-            f"{config.masters_group!r} (hosts: {', '.join(nodes.masters)})"
-        )
+    nodes = _masters_with_this_node(config)
     watchdog = watchdog_interval()
     if watchdog is not None and watchdog >= config.timings.fence_after:
         raise UsageError(
@@ -201,6 +208,8 @@ def cmd_check_config(config_path: Path, args: argparse.Namespace) -> int:
 
 
 def cmd_test_connection(config: Config, args: argparse.Namespace) -> int:
+    # The check `controller run` makes, first: a config it would refuse does not pass.
+    nodes = _masters_with_this_node(config)
     ok = True
     rows: list[list[object]] = []
     store = _open_store(config)
@@ -212,7 +221,6 @@ def cmd_test_connection(config: Config, args: argparse.Namespace) -> int:
         ok = False
     finally:
         store.close()
-    nodes = _nodes(config)
     for node, st in nodes.run({}, epoch=0, timeout=60).items():
         rows.append(["master", node, "ok" if st.reachable else f"FAILED: {st.error}"])
         ok = ok and st.reachable

@@ -28,7 +28,15 @@ from ha_toolkit.alerts import Alerter, IncidentTracker
 from ha_toolkit.config import Config, move_wait
 from ha_toolkit.decisions import Decider, Plan
 from ha_toolkit.local import sd_notify, watchdog_interval
-from ha_toolkit.metastore import ClusterRecord, Event, Lease, LeaseLost, Metastore, MetastoreError
+from ha_toolkit.metastore import (
+    ClusterRecord,
+    Event,
+    Lease,
+    LeaseLost,
+    Metastore,
+    MetastoreAuthError,
+    MetastoreError,
+)
 from ha_toolkit.metrics import Metrics
 from ha_toolkit.models import NodeStatus
 
@@ -110,6 +118,7 @@ class Controller:
         self.confirmed_at: float | None = None  # last read naming this node (send time)
         self.local_seen_running = False  # the local scheduler, at the last look
         self.unreachable_count = 0  # consecutive failed metastore reads
+        self.unreachable_refused = False  # the last of them: credentials refused
         self.acquire_after: float | None = None  # see _defer_acquire
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
@@ -232,6 +241,7 @@ class Controller:
         if self.unreachable_count:
             log.warning("metastore reachable again after %d failed reads", self.unreachable_count)
             self.unreachable_count = 0
+            self.unreachable_refused = False
         if record.scheduler_node == self.me:
             self.confirmed_at = sent
         return record
@@ -247,11 +257,17 @@ class Controller:
     def _note_unreachable(self, exc: MetastoreError) -> None:
         # Keep trying every poll (fencing needs it) but log with backoff: the
         # 1st, 2nd, 4th, 8th ... failure, so an outage does not flood the journal.
+        # A refusal of our credentials is retried the same way (the grant may be fixed
+        # while we run) but named for what it is; a change of cause is logged at once.
         self.unreachable_count += 1
         n = self.unreachable_count
-        if n & (n - 1) == 0:
+        refused = isinstance(exc, MetastoreAuthError)
+        changed = refused != self.unreachable_refused
+        self.unreachable_refused = refused
+        if n & (n - 1) == 0 or changed:
             log.warning(
-                "metastore unreachable (%d failed reads so far; retrying every %g s): %s",
+                "metastore %s (%d failed reads so far; retrying every %g s): %s",
+                "refused our credentials" if refused else "unreachable",
                 n,
                 self.t.poll_interval,
                 exc,

@@ -374,3 +374,16 @@ def test_check_config_as_a_command() -> None:
     result = run("check-config", "--config", "/nonexistent/controller.yml")
     assert result.returncode == 2
     assert result.stderr == "ha-toolkit: /nonexistent/controller.yml: file not found\n"
+
+
+def test_test_connection_refuses_a_node_not_in_the_masters_group(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # The check `controller run` makes; before any metastore or SSH connection.
+    config = write_config(tmp_path, node_name="node9")
+    assert cli.main(["--config", str(config), "test-connection"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert err.startswith("ha-toolkit: ") and "node_name 'node9' is not in group 'masters'" in err
+    code, data, _ = main_json(capsys, "--config", str(config), "test-connection", "--json")
+    assert code == 2 and "node9" in data["error"]

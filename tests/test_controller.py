@@ -18,7 +18,7 @@ import pytest
 from ha_toolkit import controller as controller_module
 from ha_toolkit.config import Config, MetastoreConfig, Timings, move_wait
 from ha_toolkit.controller import Controller
-from ha_toolkit.metastore import ClusterRecord
+from ha_toolkit.metastore import ClusterRecord, MetastoreAuthError
 from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
 from ha_toolkit.models import NodeStatus
 
@@ -388,6 +388,29 @@ def test_deferred_acquire_on_the_schedulers_node(world: World) -> None:
     world.simulate(TIMINGS.poll_interval)
     assert m2.controller.leader is not None and world.active() == "m2"
     assert world.masters.running() == ["m2"]  # alone, it keeps its own scheduler
+
+
+def test_refused_credentials_are_named_and_retried_every_poll_with_log_backoff(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    m1 = world.add("m1")
+    reads: list[float] = []
+
+    def refused() -> ClusterRecord:
+        reads.append(world.clock())
+        raise MetastoreAuthError(
+            "mysql db1:3306/ha: read failed: access denied for user 'ha' (password from /p)"
+        )
+
+    m1.store.read = refused  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="ha_toolkit.controller"):
+        world.simulate(8 * TIMINGS.poll_interval - 0.01)
+    assert len(reads) == 8  # retried every poll, like an unreachable metastore
+    logged = [r.getMessage() for r in caplog.records]
+    assert len(logged) == 4  # the 1st, 2nd, 4th and 8th failure
+    assert all(m.startswith("metastore refused our credentials (") for m in logged)
+    assert "user 'ha' (password from /p)" in logged[0]
+    assert "unreachable" not in " ".join(logged)
 
 
 @pytest.fixture

@@ -40,6 +40,26 @@ class LeaseLost(MetastoreError):
     """Our lease is no longer current: a renew or fenced write was refused."""
 
 
+class MetastoreAuthError(MetastoreError):
+    """The metastore answered but refused our credentials (wrong user or password, or
+    no rights on our tables or znodes). Retried like unreachability: an operator may
+    fix the grant while the controllers run."""
+
+
+def credentials(config: MetastoreConfig) -> str:
+    """Who we log in as and where the password came from, for an error message: the
+    user and the password file, never the password."""
+    from ha_toolkit.config import PASSWORD_ENV
+
+    if config.password_file:
+        source = f"password from {config.password_file}"
+    elif config.password is not None:
+        source = f"password from metastore.password or ${PASSWORD_ENV}"
+    else:
+        source = "no password"
+    return f"user {config.user!r} ({source})" if config.user else f"no user ({source})"
+
+
 @dataclass(frozen=True)
 class Lease:
     holder: str

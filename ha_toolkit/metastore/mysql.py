@@ -22,6 +22,7 @@ import select
 import ssl
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -36,7 +37,9 @@ from ha_toolkit.metastore import (
     Lease,
     LeaseLost,
     Metastore,
+    MetastoreAuthError,
     MetastoreError,
+    credentials,
 )
 
 _ANY_NODE = ""
@@ -46,6 +49,21 @@ _ANY_NODE = ""
 _STANDBY_TTLS = 3
 _STANDBY_MIN_WINDOW = 60.0
 _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
+# Server errors that mean "not with these credentials": access denied to the database
+# (1044), wrong user or password (1045), a command on our tables denied (1142), and
+# a user that may not log in with a password (1698).
+_ACCESS_DENIED = frozenset({1044, 1045, 1142, 1698})
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    """Whether a pymysql error is the server refusing our credentials or rights."""
+    return (
+        isinstance(exc, pymysql.MySQLError)
+        and bool(exc.args)
+        and isinstance(exc.args[0], int)
+        and exc.args[0] in _ACCESS_DENIED
+    )
+
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS `{p}_lease` (
@@ -189,6 +207,7 @@ class MySQLMetastore(Metastore):
         else:
             self._password = unquote(parts.password or "")
         self._timeout = config.connect_timeout
+        self._credentials = credentials(replace(config, user=self._user))
         self._ssl: ssl.SSLContext | None = None
         if config.tls.enabled:
             self._ssl = ssl.create_default_context(cafile=config.tls.ca_file)
@@ -200,11 +219,18 @@ class MySQLMetastore(Metastore):
 
     def _error(self, what: str, exc: BaseException) -> MetastoreError:
         detail = str(exc)
+        if is_access_denied(exc) and len(exc.args) > 1:
+            detail = str(exc.args[1])  # the server's words, without the error tuple
         if self._password:
             detail = detail.replace(self._password, "***")
-        return MetastoreError(
-            f"mysql {self._host}:{self._port}/{self._database}: {what} failed: {detail}"
-        )
+        where = f"mysql {self._host}:{self._port}/{self._database}"
+        if is_access_denied(exc):
+            # One line naming who we are and where the password came from: "unreachable"
+            # would send the operator to the network instead of the grant.
+            return MetastoreAuthError(
+                f"{where}: {what} failed: access denied for {self._credentials}: {detail}"
+            )
+        return MetastoreError(f"{where}: {what} failed: {detail}")
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None

@@ -35,15 +35,17 @@ from urllib.parse import quote, unquote
 
 from kazoo.client import KazooClient
 from kazoo.exceptions import (
+    AuthFailedError,
     BadVersionError,
     KazooException,
+    NoAuthError,
     NodeExistsError,
     NoNodeError,
     RolledBackError,
     SessionExpiredError,
 )
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.protocol.states import KazooState
+from kazoo.protocol.states import KazooState, KeeperState
 from kazoo.security import make_digest_acl
 
 from ha_toolkit.config import MetastoreConfig
@@ -53,7 +55,9 @@ from ha_toolkit.metastore import (
     Lease,
     LeaseLost,
     Metastore,
+    MetastoreAuthError,
     MetastoreError,
+    credentials,
 )
 
 _ANY_NODE = ""
@@ -82,6 +86,14 @@ def _seq(name: str) -> int:
 
 def _ms_to_utc(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def is_access_denied(exc: BaseException) -> bool:
+    """Whether a kazoo error is the ensemble refusing our credentials: authentication
+    failed (SASL, or a scheme that checks), or our digest identity has no rights on the
+    znodes (a wrong digest password is only noticed that way: the digest scheme itself
+    accepts any credentials)."""
+    return isinstance(exc, NoAuthError | AuthFailedError)
 
 
 def _refused(result: object) -> bool:
@@ -118,6 +130,7 @@ class ZooKeeperMetastore(Metastore):
             raise ValueError("zookeeper metastore needs hosts")
         self._config = config
         self._hosts = ",".join(config.hosts)
+        self._credentials = credentials(config)
         self._timeout = config.connect_timeout
         self._root = f"/{root}"
         self._lock = f"{self._root}/lock"
@@ -147,6 +160,11 @@ class ZooKeeperMetastore(Metastore):
             raise
         except (KazooException, KazooTimeoutError, OSError) as exc:
             detail = str(exc) or type(exc).__name__
+            if is_access_denied(exc):
+                raise MetastoreAuthError(
+                    f"zookeeper {self._hosts}: {what} failed: access denied for "
+                    f"{self._credentials}: {detail}"
+                ) from exc
             raise MetastoreError(f"zookeeper {self._hosts}: {what} failed: {detail}") from exc
 
     def _start(self, ttl: float) -> _Session:
@@ -176,14 +194,24 @@ class ZooKeeperMetastore(Metastore):
         self._watch_negotiation(session)
         client.add_listener(session.on_state)
         try:
-            client.start(timeout=self._timeout)
+            client.start_async().wait(timeout=self._timeout)
+            # As KazooClient.start(), but look at why before closing: kazoo gives up on
+            # a session whose authentication failed, and start() would call that a timeout.
+            auth_failed = client.client_state == KeeperState.AUTH_FAILED
+            if not client.connected:
+                raise AuthFailedError() if auth_failed else KazooTimeoutError("Connection time-out")
         except (KazooException, KazooTimeoutError, OSError) as exc:
-            try:  # kazoo has usually closed it already
+            try:
                 client.stop()
                 client.close()
             except Exception:
                 pass
             detail = str(exc) or type(exc).__name__
+            if is_access_denied(exc):
+                raise MetastoreAuthError(
+                    f"zookeeper {self._hosts}: no session: authentication failed for "
+                    f"{self._credentials}: {detail}"
+                ) from exc
             raise MetastoreError(
                 f"zookeeper {self._hosts}: no session within {self._timeout:g} s: {detail}"
             ) from exc
