@@ -4,8 +4,9 @@ Two parts, kept apart so the rules can be tested without a mail server:
 
 * :class:`IncidentTracker` decides *when* to notify (pure logic, no I/O): one
   alert per incident, once the ACTIVE controller has seen ``after_failed_polls``
-  consecutive polls without a healthy scheduler, and one recovery notice at the
-  first healthy poll after that alert.
+  consecutive polls without a healthy scheduler, and one recovery notice once
+  the scheduler has stayed healthy for ``recovery_after`` seconds after that
+  alert (a relapse before then is the same incident: no second alert).
 * :class:`Alerter` delivers a notice to every configured channel (SMTP and/or a
   JSON webhook). Delivery problems are returned as strings and logged, never
   raised: the control loop must keep running when mail is down. Secrets (the
@@ -47,40 +48,59 @@ class Notice:
 
 
 class IncidentTracker:
-    """Counts consecutive unhealthy polls of the ACTIVE controller; says when to notify.
+    """Counts unhealthy polls of the ACTIVE controller; says when to notify.
 
-    An incident starts at the first poll without a healthy scheduler and ends at
-    the next healthy one. Incidents shorter than ``after_failed_polls`` polls
-    (a normal failover, say) produce nothing.
+    An incident starts at the first poll without a healthy scheduler. Before its
+    alert, it ends at the next healthy poll: incidents shorter than
+    ``after_failed_polls`` consecutive polls (a normal failover, say) produce
+    nothing. Once alerted, it ends only when the scheduler has stayed healthy for
+    ``recovery_after`` seconds (``now`` of the polls, the controller's clock): a
+    scheduler that comes back and fails again meanwhile (a crash loop) is still
+    the same incident, so it sends one alert and one recovery.
     """
 
-    def __init__(self, after_failed_polls: int) -> None:
+    def __init__(self, after_failed_polls: int, recovery_after: float = 0.0) -> None:
         if after_failed_polls < 1:
             raise ValueError(f"after_failed_polls must be at least 1, got {after_failed_polls}")
+        if recovery_after < 0:
+            raise ValueError(f"recovery_after must be at least 0, got {recovery_after}")
         self._threshold = after_failed_polls
+        self._settle = recovery_after
         self._failed_polls = 0
         self._first_detail = ""
         self._alerted = False
+        self._healthy_since: float | None = None  # since when healthy, once alerted
 
     @property
     def failed_polls(self) -> int:
-        """Consecutive polls so far without a healthy scheduler (0 while healthy)."""
+        """Polls so far in this incident without a healthy scheduler (0 outside one):
+        consecutive ones before the alert, all of them after it."""
         return self._failed_polls
 
-    def observe(self, healthy: bool, detail: str, node: str | None = None) -> Notice | None:
-        """Record one ACTIVE poll; return the notice to send now, if any.
+    def observe(
+        self, healthy: bool, detail: str, node: str | None = None, now: float = 0.0
+    ) -> Notice | None:
+        """Record one ACTIVE poll made at `now`; return the notice to send now, if any.
 
         ``detail`` says what the poll found (it goes into the body); ``node`` is
         where the scheduler is, or was meant to be, running.
         """
         if healthy:
-            notice = self._recovered(detail, node) if self._alerted else None
+            if not self._alerted:
+                self.reset()
+                return None
+            if self._healthy_since is None:
+                self._healthy_since = now
+            if now - self._healthy_since < self._settle:
+                return None  # healthy, but not for long enough to call it over
+            notice = self._recovered(detail, node)
             self.reset()
             return notice
+        self._healthy_since = None
         self._failed_polls += 1
         if self._failed_polls == 1:
             self._first_detail = detail
-        if self._failed_polls == self._threshold:
+        if self._failed_polls == self._threshold and not self._alerted:
             self._alerted = True
             return self._alert(detail, node)
         return None
@@ -91,6 +111,7 @@ class IncidentTracker:
         self._failed_polls = 0
         self._first_detail = ""
         self._alerted = False
+        self._healthy_since = None
 
     def _alert(self, detail: str, node: str | None) -> Notice:
         n = self._failed_polls
@@ -101,8 +122,9 @@ class IncidentTracker:
             lines.append(f"First failed poll: {self._first_detail}")
         lines.append(f"Last poll: {detail}")
         lines.append("")
+        settle = f" for {self._settle:g} s" if self._settle else ""
         lines.append(
-            "A recovery notice follows when a scheduler is healthy again"
+            f"A recovery notice follows when a scheduler has been healthy again{settle}"
             " (unless this controller steps down first)."
         )
         polls = "1 poll" if n == 1 else f"{n} polls"

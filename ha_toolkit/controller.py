@@ -113,7 +113,9 @@ class Controller:
         self.alerter = alerter or Alerter(config.alerts)
         self.metrics = metrics or Metrics(None)
         self.clock = clock
-        self.incidents = IncidentTracker(config.alerts.after_failed_polls)
+        self.incidents = IncidentTracker(
+            config.alerts.after_failed_polls, config.alerts.recovery_after
+        )
         self.leader: Leadership | None = None
         self.confirmed_at: float | None = None  # last read naming this node (send time)
         self.local_seen_running = False  # the local scheduler, at the last look
@@ -401,12 +403,14 @@ class Controller:
         if actions:
             obs = {**obs, **self._run_nodes(actions, hosts=list(actions))}
             if plan.restart:
-                decider.started(plan.restart, self.clock(), plan.repair)
+                decider.started(
+                    plan.restart, self.clock(), plan.repair, _restarts(obs, plan.restart)
+                )
 
         if plan.start:
             if decider.safe_to_start(plan.start, obs, self.clock()):
                 obs = {**obs, **self._run_nodes({plan.start: "start"}, hosts=[plan.start])}
-                decider.started(plan.start, self.clock(), plan.repair)
+                decider.started(plan.start, self.clock(), plan.repair, _restarts(obs, plan.start))
             else:
                 wait = decider.placement_since + self.move_wait - self.clock()
                 log.info(
@@ -434,7 +438,7 @@ class Controller:
             return
         placed = record.scheduler_node
         healthy = placed is not None and placed in obs and obs[placed].serving
-        notice = self.incidents.observe(bool(healthy), plan.reason, node=placed)
+        notice = self.incidents.observe(bool(healthy), plan.reason, placed, self.clock())
         if notice is not None:
             log.warning("%s: %s", notice.subject, notice.body)
             self._event(f"alert-{notice.kind}", placed, notice.subject)
@@ -458,3 +462,8 @@ class Controller:
 
 def _with_placement(record: ClusterRecord, node: str) -> ClusterRecord:
     return replace(record, scheduler_node=node)
+
+
+def _restarts(obs: dict[str, NodeStatus], node: str) -> int | None:
+    st = obs.get(node)
+    return st.restarts if st is not None and st.reachable else None

@@ -21,6 +21,10 @@ failed and, among those, ones other than the ACTIVE's own node.
    is still starting (up to ``start_timeout``), else (re)start it once there;
    if that does not bring it up within ``start_timeout``, or it fails again
    within ``FLAP_WINDOW_FACTOR`` start timeouts of that restart, move it.
+   A crash loop that systemd keeps repairing (``Restart=on-failure``) counts
+   too: systemd's restarts seen on two polls within that window, or one after
+   the controller's own repair, move it as well. Either way the node is marked
+   failed.
 5. Any scheduler running anywhere but the placed node is stopped.
 
 A start is only *safe* when no other master may still run a scheduler: every
@@ -71,16 +75,50 @@ class Decider:
     placement_since: float = 0.0  # since when the placement has been what it is
     attempts: dict[str, float] = field(default_factory=dict)  # node -> when we (re)started it
     restarts: dict[str, list[float]] = field(default_factory=dict)  # node -> recent (re)starts
+    # systemd's own restarts (NRestarts): the count at the last poll, and the polls
+    # that saw it grow.
+    restarts_seen: dict[str, int] = field(default_factory=dict)
+    crashes: dict[str, list[float]] = field(default_factory=dict)
 
     def placement_written(self, now: float) -> None:
         self.placement_since = now
 
-    def started(self, node: str, now: float, repair: bool = False) -> None:
+    def started(
+        self, node: str, now: float, repair: bool = False, restarts: int | None = None
+    ) -> None:
         """The controller (re)started the scheduler on `node`; a repair, unlike a
-        first start or a move, counts towards flapping."""
+        first start or a move, counts towards flapping. `restarts` is systemd's
+        restart count as the start left it (a start from outside resets it)."""
         self.attempts[node] = now
         if repair:
             self.restarts.setdefault(node, []).append(now)
+        if restarts is not None:
+            self.restarts_seen[node] = restarts
+
+    def _note_crashes(self, obs: Mapping[str, NodeStatus], now: float) -> set[str]:
+        """The nodes where systemd restarted the scheduler since the last poll (its
+        restart count grew); a first sight, or a count reset, is only a baseline."""
+        crashed: set[str] = set()
+        for node in self.masters:
+            st = obs.get(node)
+            if st is None or not st.reachable or st.restarts is None:
+                continue
+            before = self.restarts_seen.get(node)
+            self.restarts_seen[node] = st.restarts
+            if before is not None and st.restarts > before:
+                crashed.add(node)
+                self.crashes.setdefault(node, []).append(now)
+        return crashed
+
+    def _crash_loop(self, node: str, now: float) -> bool:
+        """systemd restarted the scheduler here on two polls within the flap window,
+        or once after the controller repaired it: it keeps crashing. (A single crash
+        is what systemd is there for: the controller leaves it alone.)"""
+        window = FLAP_WINDOW_FACTOR * self.start_timeout
+        crashes = [t for t in self.crashes.get(node, []) if now - t < window]
+        self.crashes[node] = crashes
+        repaired = any(now - t < window for t in self.restarts.get(node, []))
+        return len(crashes) >= 2 or (bool(crashes) and repaired)
 
     def _flapping(self, node: str, now: float) -> bool:
         """The controller already had to repair the scheduler here within the flap
@@ -93,6 +131,7 @@ class Decider:
 
     # -- the decision ------------------------------------------------------------------------
     def plan(self, record: ClusterRecord, obs: Mapping[str, NodeStatus], now: float) -> Plan:
+        crashed = self._note_crashes(obs, now)
         running = [m for m in self.masters if _st(obs, m).running]
         placed = record.scheduler_node if record.scheduler_node in self.masters else None
         failed = tuple(n for n in record.failed_nodes if n in self.masters)
@@ -109,6 +148,11 @@ class Decider:
             # Not marked failed: an unreachable node says nothing about whether the
             # scheduler can run there once it is back.
             return self._move(placed, failed, obs, running, f"{placed} is unreachable")
+        if placed in crashed and self._crash_loop(placed, now):
+            # Even if it is healthy this very moment: it will crash again.
+            marked = tuple(dict.fromkeys((*failed, placed)))
+            why = f"scheduler on {placed} keeps crashing (systemd restarted it again)"
+            return self._move(placed, marked, obs, running, why)
         if status.serving and status.healthy is not False:
             self.attempts.pop(placed, None)
             healed = tuple(n for n in failed if n != placed)

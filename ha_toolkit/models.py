@@ -20,6 +20,7 @@ class NodeStatus:
     main_pid: int = 0
     active_state: str = "unknown"
     since_start: float | None = None  # seconds since the unit began starting (node's clock)
+    restarts: int | None = None  # systemd's NRestarts: its own restarts (None: not reported)
     epoch_seen: int = 0
     changed: bool = False
     refused: bool = False

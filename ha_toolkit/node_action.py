@@ -54,7 +54,8 @@ def unit_state(unit: str) -> dict[str, Any]:
             "systemctl",
             "show",
             unit,
-            "--property=ActiveState,SubState,MainPID,LoadState,InactiveExitTimestampMonotonic",
+            "--property=ActiveState,SubState,MainPID,LoadState,InactiveExitTimestampMonotonic,"
+            "NRestarts,InvocationID",
         ],
         capture_output=True,
         text=True,
@@ -74,7 +75,19 @@ def unit_state(unit: str) -> dict[str, Any]:
         "loaded": props.get("LoadState") == "loaded",
         "running": running,
         "since_start": None if since_start is None else round(since_start, 3),
+        # Restarts systemd made on its own (Restart=): the controller counts a crash
+        # loop it never had to repair. Reset by a start from outside (reset-failed).
+        "n_restarts": _int_or_none(props.get("NRestarts")),
+        # One per start of the unit, systemd's own restarts included.
+        "invocation_id": props.get("InvocationID") or None,
     }
+
+
+def _int_or_none(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
 
 
 def health(url: str | None, timeout: float = HEALTH_TIMEOUT) -> bool | None:

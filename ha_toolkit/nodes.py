@@ -274,6 +274,11 @@ def read_group(inventory: str | Path, group: str) -> list[str]:
     return hosts
 
 
+def _optional_int(value: Any) -> int | None:
+    # Absent from an older node-action: unknown, not zero.
+    return None if value is None else int(value)
+
+
 class SchedulerNodes:
     """Scheduler actions on the masters, one playbook run per call."""
 
@@ -342,6 +347,7 @@ class SchedulerNodes:
                     main_pid=int(r.get("main_pid", 0)),
                     active_state=str(r.get("active_state", "unknown")),
                     since_start=r.get("since_start"),
+                    restarts=_optional_int(r.get("n_restarts")),
                     epoch_seen=int(r.get("epoch_seen", 0)),
                     changed=bool(r.get("changed", False)),
                     refused=bool(r.get("refused", False)),

@@ -57,6 +57,9 @@ def make_controller_cluster(
         servers.append(hook)
         alerts = {
             "after_failed_polls": 2,
+            # The recovery notice once the scheduler stayed healthy this long (the
+            # default, 60 s, is for production timings).
+            "recovery_after": 2.0,
             "webhook_url": f"http://{cluster.gateway}:{hook.port}/hook?token={WEBHOOK_TOKEN}",
         }
         cc = ControllerCluster(cluster, metastore, password, timings, watchdog, alerts)

@@ -109,6 +109,38 @@ def test_reset_starts_counting_afresh_and_drops_the_pending_recovery() -> None:
 def test_threshold_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         IncidentTracker(0)
+    with pytest.raises(ValueError, match="recovery_after must be at least 0"):
+        IncidentTracker(1, -1.0)
+
+
+def timed(tracker: IncidentTracker, polls: str, start: float, step: float = 5.0) -> list[str]:
+    """As run(), with one poll every `step` s from `start`; the notices' kinds."""
+    kinds = []
+    for i, poll in enumerate(polls):
+        notice = tracker.observe(poll == ".", f"poll {i}", "node1", start + i * step)
+        if notice is not None:
+            kinds.append(notice.kind)
+    return kinds
+
+
+def test_a_crash_loop_is_one_incident_one_alert_and_one_recovery_after_the_settle() -> None:
+    tracker = IncidentTracker(2, recovery_after=30.0)
+    # Failing, then up and down for a while (systemd restarting a crashing scheduler),
+    # then healthy: one alert, and the recovery 30 s after the last failure.
+    assert timed(tracker, "xx", 0) == ["alert"]
+    assert timed(tracker, ".x..x.xx...x", 10) == []
+    assert tracker.failed_polls == 7
+    assert timed(tracker, "......", 70) == []  # healthy at 70 ... 95 s
+    notice = tracker.observe(True, "healthy", "node1", 100.0)  # 30 s after 70
+    assert notice is not None and notice.kind == "recovered"
+    assert "after 7 failed polls" in notice.body
+    assert timed(tracker, "x", 105) == []  # a new incident: counted afresh
+    assert tracker.failed_polls == 1
+
+
+def test_the_alert_says_how_long_the_scheduler_must_stay_healthy() -> None:
+    alert = IncidentTracker(1, recovery_after=60.0).observe(False, "down", "node1", 0.0)
+    assert alert is not None and "healthy again for 60 s" in alert.body
 
 
 # --- real receivers -------------------------------------------------------------------

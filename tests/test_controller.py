@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from ha_toolkit import controller as controller_module
-from ha_toolkit.config import Config, MetastoreConfig, Timings, move_wait
+from ha_toolkit.config import AlertsConfig, Config, MetastoreConfig, Timings, move_wait
 from ha_toolkit.controller import Controller
 from ha_toolkit.metastore import ClusterRecord, MetastoreAuthError
 from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
@@ -55,6 +55,7 @@ class Unit:
     started_at: float = 0.0  # when the unit began starting (the node's clock)
     epoch_seen: int = 0  # node-action's fencing token
     starts: int = 0
+    restarts: int = 0  # systemd's NRestarts: its own restarts (Restart=on-failure)
 
 
 class FakeMasters:
@@ -74,6 +75,14 @@ class FakeMasters:
         unit = self.units[node]
         unit.running, unit.healthy, unit.started_at = True, True, self.clock()
         unit.starts += 1
+        unit.restarts = 0  # node-action's start runs reset-failed first
+
+    def crash(self, node: str) -> None:
+        """The scheduler's process dies and systemd restarts it at once (Restart=)."""
+        unit = self.units[node]
+        assert unit.running
+        unit.started_at, unit.healthy = self.clock(), True
+        unit.restarts += 1
 
     def status(self, node: str) -> NodeStatus:
         if node in self.unreachable:
@@ -86,6 +95,7 @@ class FakeMasters:
             healthy=unit.healthy if unit.running else False,
             active_state="active" if unit.running else "inactive",
             since_start=self.clock() - unit.started_at if unit.running else None,
+            restarts=unit.restarts,
             epoch_seen=unit.epoch_seen,
         )
 
@@ -161,9 +171,15 @@ class Node:
 
 
 class World:
-    def __init__(self, timings: Timings = TIMINGS, masters: tuple[str, ...] = MASTERS) -> None:
+    def __init__(
+        self,
+        timings: Timings = TIMINGS,
+        masters: tuple[str, ...] = MASTERS,
+        alerts: AlertsConfig | None = None,
+    ) -> None:
         self.clock = FakeClock()
         self.timings = timings
+        self.alerts = alerts or AlertsConfig()
         self.server = MemoryServer(
             clock=self.clock, wall_clock=lambda: datetime.fromtimestamp(self.clock(), UTC)
         )
@@ -180,6 +196,7 @@ class World:
             metastore=MetastoreConfig(type="memory"),
             node_name=name,
             timings=self.timings,
+            alerts=self.alerts,
         )
         store = self.server.connect()
         nodes, local = FakeNodes(self.masters), FakeLocal(self.masters, name)
@@ -517,3 +534,73 @@ def test_scheduler_hung_inside_the_start_window_waits_for_start_timeout(world: W
     )
     assert [a[:2] for a in world.masters.actions] == [("m2", "start"), ("m2", "restart")]
     assert world.masters.running() == ["m2"] and unit.healthy
+
+
+# -- crash loops and alerts (issue 10) ----------------------------------------------------------
+def test_a_crash_loop_that_systemd_repairs_moves_the_scheduler_and_marks_the_node_failed(
+    world: World,
+) -> None:
+    world.settled()
+    epoch = world.record().epoch
+    world.masters.crash("m2")  # one crash: systemd's business, the controller leaves it
+    world.simulate(4 * TIMINGS.poll_interval)
+    assert world.masters.running() == ["m2"] and world.record().failed_nodes == ()
+    assert world.masters.units["m2"].starts == 1  # not restarted, not moved
+    # A crash loop: killed every 3 s, restarted by systemd within the second each time,
+    # healthy at every poll of the controller.
+    crashes = 0
+    while world.record().scheduler_node == "m2":
+        world.masters.crash("m2")
+        crashes += 1
+        world.simulate(3.0)
+        assert crashes <= 3, "still on m2 after three more crashes"
+    assert world.record().scheduler_node == "m3" and world.record().failed_nodes == ("m2",)
+    world.simulate(2 * TIMINGS.poll_interval)
+    assert world.masters.running() == ["m3"]
+    assert world.record().epoch == epoch  # the same ACTIVE did it
+
+
+def test_a_crash_right_after_a_repair_moves_the_scheduler(world: World) -> None:
+    world.settled().simulate(TIMINGS.start_timeout)
+    unit = world.masters.units["m2"]
+    unit.healthy = False  # hung, long after its start: the controller restarts it
+    world.simulate(TIMINGS.poll_interval)
+    assert [a[:2] for a in world.masters.actions][-1] == ("m2", "restart")
+    world.simulate(TIMINGS.poll_interval)
+    world.masters.crash("m2")  # and it crashes soon after: systemd restarts it
+    world.simulate(TIMINGS.poll_interval)
+    assert world.record().scheduler_node == "m3" and world.record().failed_nodes == ("m2",)
+
+
+def alerts(world: World) -> list[str]:
+    return [e.action for e in world.operator.events(1000) if e.action.startswith("alert-")]
+
+
+def test_an_incident_sends_one_alert_and_one_recovery_after_the_settle_period() -> None:
+    world = World(alerts=AlertsConfig(after_failed_polls=1, recovery_after=20.0)).settled()
+    # The scheduler's unit on m2 will not start any more: one failed poll (alert), and
+    # the scheduler moves to m3 ...
+    starts = world.masters.start
+
+    def failing_start(node: str) -> None:
+        starts(node)
+        world.masters.units[node].running = node != "m2"
+
+    world.masters.start = failing_start  # type: ignore[method-assign]
+    world.masters.units["m2"].running = False
+    world.simulate(3 * TIMINGS.poll_interval)
+    assert world.masters.running() == ["m3"] and alerts(world) == ["alert-alert"]
+    # ... where it is healthy, then fails once more within the settle period: the same
+    # incident (no second alert); the recovery comes 20 s after the last failure.
+    world.masters.units["m3"].healthy = False
+    world.simulate(TIMINGS.poll_interval)
+    world.masters.units["m3"].healthy = True
+    failed_at = world.clock()
+    world.simulate(20.0 - TIMINGS.poll_interval)
+    assert alerts(world) == ["alert-alert"]
+    world.simulate(2 * TIMINGS.poll_interval)
+    assert alerts(world) == ["alert-alert", "alert-recovered"]
+    (recovered_at,) = world.event_times("alert-recovered", "m3")
+    assert 20.0 <= recovered_at - failed_at <= 20.0 + 2 * TIMINGS.poll_interval
+    world.simulate(10 * TIMINGS.poll_interval)
+    assert alerts(world) == ["alert-alert", "alert-recovered"]

@@ -14,8 +14,12 @@ REPO = Path(__file__).resolve().parent.parent
 MASTERS = ["m1", "m2", "m3"]
 
 
-def up(node: str, healthy: bool | None = True, since: float = 100.0) -> NodeStatus:
-    return NodeStatus(node, reachable=True, running=True, healthy=healthy, since_start=since)
+def up(
+    node: str, healthy: bool | None = True, since: float = 100.0, restarts: int | None = None
+) -> NodeStatus:
+    return NodeStatus(
+        node, reachable=True, running=True, healthy=healthy, since_start=since, restarts=restarts
+    )
 
 
 def down(node: str) -> NodeStatus:
@@ -187,6 +191,49 @@ def test_a_deferred_repair_does_not_count_as_flapping() -> None:
     assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 0).start == "m1"
     # not started (unsafe yet): the next poll plans the same repair, not a move
     assert d.plan(record, obs(down("m1"), gone("m2"), down("m3")), 1).start == "m1"
+
+
+def test_systemd_restarts_on_two_polls_within_the_flap_window_move_the_scheduler() -> None:
+    d = decider()  # flap window: 2 x 10 s
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    assert not d.plan(record, obs(up("m1", restarts=4), *rest), 0).acts  # a baseline
+    assert not d.plan(record, obs(up("m1", restarts=6), *rest), 2).acts  # one poll saw it
+    assert not d.plan(record, obs(up("m1", restarts=6), *rest), 4).acts
+    plan = d.plan(record, obs(up("m1", restarts=7), *rest), 19)  # healthy, but again
+    assert plan.place == "m2" and plan.start == "m2" and plan.stop == ("m1",)
+    assert plan.failed_nodes == ("m1",) and "keeps crashing" in plan.reason
+
+
+def test_systemd_restarts_further_apart_than_the_flap_window_are_left_to_systemd() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    for now, count in ((0, 0), (2, 1), (23, 2), (44, 3), (46, 3)):
+        assert not d.plan(record, obs(up("m1", restarts=count), *rest), now).acts
+
+
+def test_a_reset_or_a_first_sight_of_the_restart_count_is_only_a_baseline() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    assert not d.plan(record, obs(up("m1", restarts=9), *rest), 0).acts  # a new ACTIVE
+    assert not d.plan(record, obs(up("m1", restarts=0), *rest), 2).acts  # reset-failed
+    assert not d.plan(record, obs(up("m1", restarts=1), *rest), 4).acts  # one crash
+    assert not d.plan(record, obs(up("m1", restarts=None), *rest), 6).acts  # old node-action
+    assert d.plan(record, obs(up("m1", restarts=2), *rest), 8).place == "m2"
+
+
+def test_a_systemd_restart_after_a_repair_moves_the_scheduler() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    plan = d.plan(record, obs(up("m1", healthy=False, restarts=3), *rest), 0)
+    assert plan.restart == "m1" and plan.repair
+    d.started("m1", 0, plan.repair, restarts=0)  # the restart's start reset the count
+    assert not d.plan(record, obs(up("m1", since=1.0, restarts=0), *rest), 2).acts
+    plan = d.plan(record, obs(up("m1", since=0.5, restarts=1), *rest), 4)
+    assert plan.place == "m2" and plan.failed_nodes == ("m1",)
 
 
 def test_decisions_import_no_ansible() -> None:

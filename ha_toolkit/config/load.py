@@ -263,7 +263,11 @@ def _build(raw: Mapping[Any, Any], path: Path, env: Mapping[str, str]) -> Config
         service=ServiceConfig(**(v.get("service") or {})),
         alerts=AlertsConfig(
             smtp=_smtp(smtp, base, env) if smtp is not None else None,
-            **{k: alerts[k] for k in ("after_failed_polls", "webhook_url") if k in alerts},
+            **{
+                k: alerts[k]
+                for k in ("after_failed_polls", "recovery_after", "webhook_url")
+                if k in alerts
+            },
         ),
         logging=LoggingConfig(**(v.get("logging") or {})),
         metrics=MetricsConfig(**(v.get("metrics") or {})),

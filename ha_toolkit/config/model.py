@@ -307,6 +307,15 @@ class AlertsConfig:
             integer(1), "Alert after this many polls in a row without a healthy scheduler."
         ),
     )
+    recovery_after: float = field(
+        default=60.0,
+        metadata=key(
+            number("a number >= 0", lambda x: x >= 0, "number ≥ 0"),
+            "Seconds a scheduler must stay healthy after an alert before the recovery notice "
+            "goes out; a failure before then is the same incident (no second alert). "
+            "0: recover at the first healthy poll.",
+        ),
+    )
     smtp: SMTPConfig | None = field(
         default=None,
         metadata=section(SMTPConfig, "Mail alerts; leave commented out for none.", optional=True),
