@@ -18,7 +18,9 @@ failed and, among those, ones other than the ACTIVE's own node.
 3. The placed node is unreachable: move to the next master (the node is not
    marked failed: being unreachable says nothing about its scheduler).
 4. The placed node's scheduler is down or unhealthy: leave it alone while it
-   is still starting (up to ``start_timeout``), else (re)start it once there;
+   is still starting (up to ``start_timeout``, and only while it has neither
+   answered healthy since this start nor hung: a health port that accepts
+   connections without answering), else (re)start it once there;
    if that does not bring it up within ``start_timeout``, or it fails again
    within ``FLAP_WINDOW_FACTOR`` start timeouts of that restart, move it.
    A crash loop that systemd keeps repairing (``Restart=on-failure``) counts
@@ -166,8 +168,16 @@ class Decider:
             return Plan(f"scheduler healthy on {placed}")
 
         attempted = self.attempts.get(placed)
+        # start_timeout bounds only a start that has not come up yet: one that was
+        # healthy since it started, or hangs, is past its warm-up (issue 10).
+        warmed_up = status.warmed_up
         if attempted is None:
-            starting = status.running and (status.since_start or 0.0) < self.start_timeout
+            if status.running and status.sub_state == "auto-restart":
+                # Crashed, and systemd restarts it in a moment: its business (a loop of
+                # this is caught above, when its restart count grows).
+                return Plan(f"systemd is restarting the scheduler on {placed}", stop=strays)
+            young = (status.since_start or 0.0) < self.start_timeout
+            starting = status.running and young and not warmed_up
             if starting:
                 return Plan(f"scheduler on {placed} is starting", stop=strays)
             if self._flapping(placed, now):
@@ -175,8 +185,9 @@ class Decider:
                 why = f"scheduler on {placed} failed again soon after a restart"
                 return self._move(placed, marked, obs, running, why)
             if status.running:
+                hung = " (hung)" if status.health_check == "timeout" else ""
                 return Plan(
-                    f"scheduler on {placed} is unhealthy: restart",
+                    f"scheduler on {placed} is unhealthy{hung}: restart",
                     restart=placed,
                     stop=strays,
                     repair=True,
@@ -184,9 +195,14 @@ class Decider:
             return Plan(
                 f"scheduler on {placed} is down: start it", start=placed, stop=strays, repair=True
             )
-        if status.running and now - attempted < self.start_timeout:
+        if status.running and now - attempted < self.start_timeout and not warmed_up:
             return Plan(f"scheduler on {placed} is starting after a restart", stop=strays)
-        why = "did not become healthy" if status.running else "did not start"
+        if not status.running:
+            why = "did not start"
+        elif warmed_up:
+            why = "failed again soon after a restart"
+        else:
+            why = "did not become healthy"
         marked = tuple(dict.fromkeys((*failed, placed)))
         return self._move(placed, marked, obs, running, f"scheduler on {placed} {why}")
 

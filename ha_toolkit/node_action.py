@@ -20,13 +20,19 @@ drift from the controller's config. Without ``--health-url`` there is no
 health check.
 
 Prints one JSON object: the unit's state after the action, whether anything
-changed, and whether the action was refused.
+changed, and whether the action was refused. The health check tells apart a
+scheduler still starting (its port refuses the connection: ``health_check``
+"refused") from a hung one (the port accepts but does not answer within
+HEALTH_TIMEOUT: "timeout"); ``seen_healthy`` says whether this start of the
+unit (its systemd InvocationID) has answered healthy to any node-action run,
+a mark kept on the node so that a new ACTIVE controller knows it too.
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import http.client
 import json
 import os
 import subprocess
@@ -38,6 +44,8 @@ from typing import Any
 
 STATE_DIR = "/var/lib/ha-toolkit"
 EPOCH_FILE = "epoch"
+# Holds the InvocationID of the unit's start last seen healthy ("healthy-<unit>").
+SEEN_HEALTHY_PREFIX = "healthy-"
 # States in which the unit may be running code: a scheduler counts as present
 # in all of them (safety first: "deactivating" can still schedule).
 RUNNING_STATES = {"active", "activating", "deactivating", "reloading", "refreshing"}
@@ -92,13 +100,56 @@ def _int_or_none(value: str | None) -> int | None:
 
 def health(url: str | None, timeout: float = HEALTH_TIMEOUT) -> bool | None:
     """True/False from the health URL; None when no URL is configured."""
+    check = health_check(url, timeout)
+    return None if check is None else check == "ok"
+
+
+def health_check(url: str | None, timeout: float = HEALTH_TIMEOUT) -> str | None:
+    """How the health URL answered: "ok" (2xx), "failed" (any other answer, or a broken
+    one), "refused" (nothing listens yet: starting), "timeout" (connected, or trying
+    to, but no answer within `timeout`: hung); None when no URL is configured."""
     if not url:
         return None
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= int(response.status) < 300
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+            return "ok" if 200 <= int(response.status) < 300 else "failed"
+    except urllib.error.HTTPError:
+        return "failed"  # it answered: with an error status
+    except urllib.error.URLError as exc:  # while connecting
+        return _classify(exc.reason)
+    except (OSError, ValueError, http.client.HTTPException) as exc:  # while reading
+        return _classify(exc)
+
+
+def _classify(error: object) -> str:
+    if isinstance(error, ConnectionRefusedError):
+        return "refused"
+    if isinstance(error, TimeoutError):  # socket.timeout too
+        return "timeout"
+    return "failed"
+
+
+def seen_healthy(state_dir: str, unit: str, invocation_id: str | None, healthy: bool) -> bool:
+    """Whether this start of `unit` (`invocation_id`) has answered healthy to any
+    node-action run, counting this one; marks it on the node when it does."""
+    if not invocation_id:
+        return healthy
+    path = os.path.join(state_dir, SEEN_HEALTHY_PREFIX + unit)
+    try:
+        with open(path) as f:
+            marked = f.read().strip()
+    except OSError:
+        marked = ""
+    if healthy and marked != invocation_id:
+        try:
+            os.makedirs(state_dir, mode=0o755, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                f.write(f"{invocation_id}\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # not root, say (a CLI run): the next run by the controller marks it
+    return healthy or marked == invocation_id
 
 
 def read_epoch(state_dir: str) -> int:
@@ -203,7 +254,13 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             fence.close()
     result.update(unit_state(args.unit))
-    result["healthy"] = health(args.health_url) if result["running"] else False
+    checked = result["running"] and bool(args.health_url)
+    check = health_check(args.health_url) if checked else None
+    result["healthy"] = (check == "ok" if checked else None) if result["running"] else False
+    result["health_check"] = check
+    result["seen_healthy"] = checked and seen_healthy(
+        args.state_dir, args.unit, result["invocation_id"], check == "ok"
+    )
     result["epoch_seen"] = read_epoch(args.state_dir)
     print(json.dumps(result))
     return 0

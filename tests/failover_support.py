@@ -83,6 +83,7 @@ def controller_cluster_fixture(
     cluster_factory: Callable[..., Cluster],
     tmp_path_factory: pytest.TempPathFactory,
     watchdog: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> Iterator[ControllerCluster]:
     image = controller_image(docker_client, node_image, Path(".build"))
     tmp = tmp_path_factory.mktemp(f"ha-{request.param}")
@@ -90,7 +91,9 @@ def controller_cluster_fixture(
     def factory(size: int) -> Cluster:
         return cluster_factory(size, image=image)
 
-    yield from make_controller_cluster(request.param, factory, tmp, watchdog=watchdog)
+    yield from make_controller_cluster(
+        request.param, factory, tmp, timings=timings, watchdog=watchdog
+    )
 
 
 def polls_pass(ha: ControllerCluster, count: int = 1) -> None:

@@ -51,7 +51,11 @@ class Unit:
     """The scheduler unit on one master."""
 
     running: bool = False
-    healthy: bool = True  # its health URL answers (False while running: hung)
+    healthy: bool = True  # its health URL answers 2xx
+    # How the health check fails while not healthy (node-action's health_check): "failed"
+    # (answers with an error), "refused" (not listening yet), "timeout" (hung).
+    failing: str = "failed"
+    seen_healthy: bool = False  # this start answered healthy to a node-action run
     started_at: float = 0.0  # when the unit began starting (the node's clock)
     epoch_seen: int = 0  # node-action's fencing token
     starts: int = 0
@@ -76,6 +80,7 @@ class FakeMasters:
         unit.running, unit.healthy, unit.started_at = True, True, self.clock()
         unit.starts += 1
         unit.restarts = 0  # node-action's start runs reset-failed first
+        unit.seen_healthy, unit.failing = False, "failed"  # a new InvocationID
 
     def crash(self, node: str) -> None:
         """The scheduler's process dies and systemd restarts it at once (Restart=)."""
@@ -83,11 +88,15 @@ class FakeMasters:
         assert unit.running
         unit.started_at, unit.healthy = self.clock(), True
         unit.restarts += 1
+        unit.seen_healthy, unit.failing = False, "failed"
 
     def status(self, node: str) -> NodeStatus:
         if node in self.unreachable:
             return NodeStatus(node, reachable=False, error="unreachable")
         unit = self.units[node]
+        check = ("ok" if unit.healthy else unit.failing) if unit.running else None
+        # As node-action: a healthy answer marks this start on the node.
+        unit.seen_healthy = unit.running and (unit.seen_healthy or check == "ok")
         return NodeStatus(
             node,
             reachable=True,
@@ -96,6 +105,8 @@ class FakeMasters:
             active_state="active" if unit.running else "inactive",
             since_start=self.clock() - unit.started_at if unit.running else None,
             restarts=unit.restarts,
+            health_check=check,
+            seen_healthy=unit.seen_healthy,
             epoch_seen=unit.epoch_seen,
         )
 
@@ -508,32 +519,68 @@ def test_move_starts_at_once_when_the_old_node_is_seen_stopped(world: World) -> 
 
 
 # -- a scheduler that hangs inside its start window (issue 10) ----------------------------------
-def test_scheduler_hung_inside_the_start_window_waits_for_start_timeout(world: World) -> None:
+def test_scheduler_hung_inside_the_start_window_is_restarted_by_the_next_active(
+    world: World,
+) -> None:
     world.settled()
     unit = world.masters.units["m2"]
-    # systemd has just restarted the scheduler (Restart=on-failure), it hangs at once,
-    # and the ACTIVE controller is SIGKILLed at the same moment.
+    assert unit.seen_healthy  # a node-action run saw it healthy since it started
+    # Soon after its start the scheduler hangs (SIGSTOP: its health port accepts and
+    # never answers), and the ACTIVE controller is SIGKILLed at the same moment.
     unit.started_at = world.clock() - 1.0
-    unit.healthy = False
+    unit.healthy, unit.failing = False, "timeout"
     world.kill("m1")
     hung_since = unit.started_at
+    remaining = world.record().lease_remaining
+    assert remaining is not None
+    lapses_at = world.clock() + remaining
     while unit.started_at == hung_since:
         world.simulate(0.5)
-        # Issue 10: this is TODAY's rule, the known weakness: an unhealthy scheduler
-        # younger than start_timeout counts as "starting", even one that is hung (its
-        # health port accepts connections and never answers). Issue 10 asks to restart
-        # it on the first poll that sees it hung; change this test with that fix.
-        assert world.clock() - hung_since < TIMINGS.start_timeout + TIMINGS.poll_interval
+        # Not left until start_timeout (the rule before issue 10): restarted on the first
+        # poll of the new ACTIVE, well inside the start window.
+        assert world.clock() < lapses_at + 2 * TIMINGS.poll_interval + 0.5
     (node, action, epoch), when = world.masters.actions[-1], world.masters.action_times[-1]
-    # Left alone until start_timeout since the unit started, then restarted in place (not
-    # moved) on the first poll after that, by the new ACTIVE; nothing else was done to it.
     assert (node, action) == ("m2", "restart") and world.active() == "m3"
     assert epoch == world.record().epoch
-    assert (
-        TIMINGS.start_timeout <= when - hung_since < TIMINGS.start_timeout + TIMINGS.poll_interval
-    )
+    assert when - hung_since < TIMINGS.start_timeout
     assert [a[:2] for a in world.masters.actions] == [("m2", "start"), ("m2", "restart")]
     assert world.masters.running() == ["m2"] and unit.healthy
+
+
+@pytest.mark.parametrize("failing", ["timeout", "failed"])
+def test_scheduler_seen_healthy_then_unhealthy_is_restarted_at_once(
+    world: World, failing: str
+) -> None:
+    world.settled()
+    unit = world.masters.units["m2"]
+    assert world.clock() - unit.started_at < TIMINGS.start_timeout  # young
+    unit.healthy, unit.failing = False, failing  # hung, or answering 503
+    world.simulate(TIMINGS.poll_interval)
+    assert [a[:2] for a in world.masters.actions] == [("m2", "start"), ("m2", "restart")]
+
+
+def test_a_start_that_never_comes_up_is_bounded_by_start_timeout(world: World) -> None:
+    world.settled()
+    world.simulate(TIMINGS.start_timeout)
+    unit = world.masters.units["m2"]
+    starts = world.masters.start
+
+    def comes_up_slowly(node: str) -> None:
+        starts(node)
+        unit = world.masters.units[node]
+        unit.healthy, unit.failing = False, "refused"  # not listening yet
+
+    world.masters.start = comes_up_slowly  # type: ignore[method-assign]
+    unit.healthy, unit.failing = False, "failed"  # long after its start: restart
+    world.simulate(TIMINGS.poll_interval)
+    restarted_at = world.masters.action_times[-1]
+    assert world.masters.actions[-1][:2] == ("m2", "restart")
+    # Refusing connections: still starting, left alone until start_timeout, then moved.
+    while world.record().scheduler_node == "m2":
+        world.simulate(0.5)
+        assert world.clock() - restarted_at < TIMINGS.start_timeout + TIMINGS.poll_interval
+    assert world.clock() - restarted_at >= TIMINGS.start_timeout
+    assert world.record().failed_nodes == ("m2",)
 
 
 # -- crash loops and alerts (issue 10) ----------------------------------------------------------
@@ -590,11 +637,13 @@ def test_an_incident_sends_one_alert_and_one_recovery_after_the_settle_period() 
     world.masters.units["m2"].running = False
     world.simulate(3 * TIMINGS.poll_interval)
     assert world.masters.running() == ["m3"] and alerts(world) == ["alert-alert"]
-    # ... where it is healthy, then fails once more within the settle period: the same
-    # incident (no second alert); the recovery comes 20 s after the last failure.
-    world.masters.units["m3"].healthy = False
+    # ... where it is healthy, then fails once more within the settle period (systemd
+    # restarted it, and it answers 503 during its warm-up for a poll): the same incident
+    # (no second alert); the recovery comes 20 s after the last failure.
+    m3 = world.masters.units["m3"]
+    m3.started_at, m3.seen_healthy, m3.healthy = world.clock(), False, False
     world.simulate(TIMINGS.poll_interval)
-    world.masters.units["m3"].healthy = True
+    m3.healthy = True
     failed_at = world.clock()
     world.simulate(20.0 - TIMINGS.poll_interval)
     assert alerts(world) == ["alert-alert"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from ha_toolkit.decisions import Decider
@@ -83,6 +84,57 @@ def test_starting_scheduler_is_left_alone_until_start_timeout() -> None:
     assert not d.plan(record, obs(up("m1", False, 1.0), down("m2"), down("m3")), 5).acts
     plan = d.plan(record, obs(up("m1", False, 11.0), down("m2"), down("m3")), 11)
     assert plan.place == "m2" and plan.stop == ("m1",)
+
+
+def young(node: str, check: str, seen_healthy: bool = False, since: float = 3.0) -> NodeStatus:
+    """Running, unhealthy, `since` s after its start; `check` as node-action's health_check."""
+    return NodeStatus(
+        node,
+        reachable=True,
+        running=True,
+        healthy=False,
+        since_start=since,
+        health_check=check,
+        seen_healthy=seen_healthy,
+    )
+
+
+def test_the_start_window_ends_early_for_a_hung_or_once_healthy_scheduler() -> None:
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    # Not listening yet, or answering 503 before it was ever healthy: starting.
+    assert not decider().plan(record, obs(young("m1", "refused"), *rest), 0).acts
+    assert not decider().plan(record, obs(young("m1", "failed"), *rest), 0).acts
+    # Accepting connections without answering (hung), or unhealthy after it was
+    # healthy since this start: restarted now, not after start_timeout.
+    for status in (young("m1", "timeout"), young("m1", "failed", seen_healthy=True)):
+        plan = decider().plan(record, obs(status, *rest), 0)
+        assert plan.restart == "m1" and plan.repair and plan.place is None
+    assert "(hung)" in decider().plan(record, obs(young("m1", "timeout"), *rest), 0).reason
+
+
+def test_a_scheduler_systemd_is_about_to_restart_is_left_to_systemd() -> None:
+    record = ClusterRecord(scheduler_node="m1")
+    # Between its crash and systemd's restart (RestartSec): its last start was seen
+    # healthy, its port refuses; not the controller's to repair.
+    crashed = replace(
+        young("m1", "refused", seen_healthy=True, since=300.0), sub_state="auto-restart"
+    )
+    plan = decider().plan(record, obs(crashed, down("m2"), up("m3")), 0)
+    assert plan.restart is None and plan.start is None and plan.place is None
+    assert plan.stop == ("m3",)  # strays are still stopped
+
+
+def test_hung_again_soon_after_a_restart_is_moved_at_once() -> None:
+    d = decider()
+    record = ClusterRecord(scheduler_node="m1")
+    rest = (down("m2"), down("m3"))
+    d.plan(record, obs(young("m1", "timeout", since=30.0), *rest), 0)
+    d.started("m1", 0, repair=True)
+    assert not d.plan(record, obs(young("m1", "refused", since=1.0), *rest), 2).acts
+    plan = d.plan(record, obs(young("m1", "timeout", since=3.0), *rest), 4)
+    assert plan.place == "m2" and plan.failed_nodes == ("m1",)
+    assert "failed again soon after a restart" in plan.reason
 
 
 def test_recovered_node_is_cleared_from_failed_nodes() -> None:
