@@ -24,9 +24,9 @@ failed and, among those, ones other than the ACTIVE's own node.
    if that does not bring it up within ``start_timeout``, or it fails again
    within ``FLAP_WINDOW_FACTOR`` start timeouts of that restart, move it.
    A crash loop that systemd keeps repairing (``Restart=on-failure``) counts
-   too: systemd's restarts seen on two polls within that window, or one after
-   the controller's own repair, move it as well. Either way the node is marked
-   failed.
+   too: systemd's restarts seen on two polls within that window (since the
+   controller last started it there) move it as well. Either way the node is
+   marked failed.
 5. Any scheduler running anywhere but the placed node is stopped.
 
 A start is only *safe* when no other master may still run a scheduler: every
@@ -90,12 +90,14 @@ class Decider:
     ) -> None:
         """The controller (re)started the scheduler on `node`; a repair, unlike a
         first start or a move, counts towards flapping. `restarts` is systemd's
-        restart count as the start left it (a start from outside resets it)."""
+        restart count as the start left it (a start from outside resets it), and
+        systemd's crash count starts over with it."""
         self.attempts[node] = now
         if repair:
             self.restarts.setdefault(node, []).append(now)
         if restarts is not None:
             self.restarts_seen[node] = restarts
+        self.crashes.pop(node, None)
 
     def _note_crashes(self, obs: Mapping[str, NodeStatus], now: float) -> set[str]:
         """The nodes where systemd restarted the scheduler since the last poll (its
@@ -113,14 +115,13 @@ class Decider:
         return crashed
 
     def _crash_loop(self, node: str, now: float) -> bool:
-        """systemd restarted the scheduler here on two polls within the flap window,
-        or once after the controller repaired it: it keeps crashing. (A single crash
-        is what systemd is there for: the controller leaves it alone.)"""
+        """systemd restarted the scheduler here on two polls within the flap window:
+        it keeps crashing. (A single crash is what systemd is there for: the
+        controller leaves it alone.)"""
         window = FLAP_WINDOW_FACTOR * self.start_timeout
         crashes = [t for t in self.crashes.get(node, []) if now - t < window]
         self.crashes[node] = crashes
-        repaired = any(now - t < window for t in self.restarts.get(node, []))
-        return len(crashes) >= 2 or (bool(crashes) and repaired)
+        return len(crashes) >= 2
 
     def _flapping(self, node: str, now: float) -> bool:
         """The controller already had to repair the scheduler here within the flap

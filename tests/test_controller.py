@@ -607,18 +607,6 @@ def test_a_crash_loop_that_systemd_repairs_moves_the_scheduler_and_marks_the_nod
     assert world.record().epoch == epoch  # the same ACTIVE did it
 
 
-def test_a_crash_right_after_a_repair_moves_the_scheduler(world: World) -> None:
-    world.settled().simulate(TIMINGS.start_timeout)
-    unit = world.masters.units["m2"]
-    unit.healthy = False  # hung, long after its start: the controller restarts it
-    world.simulate(TIMINGS.poll_interval)
-    assert [a[:2] for a in world.masters.actions][-1] == ("m2", "restart")
-    world.simulate(TIMINGS.poll_interval)
-    world.masters.crash("m2")  # and it crashes soon after: systemd restarts it
-    world.simulate(TIMINGS.poll_interval)
-    assert world.record().scheduler_node == "m3" and world.record().failed_nodes == ("m2",)
-
-
 def alerts(world: World) -> list[str]:
     return [e.action for e in world.operator.events(1000) if e.action.startswith("alert-")]
 

@@ -276,15 +276,18 @@ def test_a_reset_or_a_first_sight_of_the_restart_count_is_only_a_baseline() -> N
     assert d.plan(record, obs(up("m1", restarts=2), *rest), 8).place == "m2"
 
 
-def test_a_systemd_restart_after_a_repair_moves_the_scheduler() -> None:
+def test_the_crash_count_starts_over_with_the_controllers_own_start() -> None:
     d = decider()
     record = ClusterRecord(scheduler_node="m1")
     rest = (down("m2"), down("m3"))
-    plan = d.plan(record, obs(up("m1", healthy=False, restarts=3), *rest), 0)
-    assert plan.restart == "m1" and plan.repair
-    d.started("m1", 0, plan.repair, restarts=0)  # the restart's start reset the count
-    assert not d.plan(record, obs(up("m1", since=1.0, restarts=0), *rest), 2).acts
-    plan = d.plan(record, obs(up("m1", since=0.5, restarts=1), *rest), 4)
+    assert not d.plan(record, obs(up("m1", restarts=0), *rest), 0).acts
+    assert not d.plan(record, obs(up("m1", restarts=1), *rest), 2).acts  # one crash
+    plan = d.plan(record, obs(up("m1", healthy=False, restarts=1), *rest), 4)
+    assert plan.restart == "m1" and plan.repair  # hung, long after its start
+    d.started("m1", 4, plan.repair, restarts=0)  # the restart's start reset the count
+    assert not d.plan(record, obs(up("m1", since=1.0, restarts=0), *rest), 6).acts
+    assert not d.plan(record, obs(up("m1", since=0.5, restarts=1), *rest), 8).acts
+    plan = d.plan(record, obs(up("m1", since=0.5, restarts=2), *rest), 10)
     assert plan.place == "m2" and plan.failed_nodes == ("m1",)
 
 
