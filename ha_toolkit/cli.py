@@ -110,6 +110,7 @@ def _record_dict(record: ClusterRecord) -> dict[str, Any]:
     data = asdict(record)
     data["failed_nodes"] = list(record.failed_nodes)
     data["standbys"] = list(record.standbys)
+    data["live_standbys"] = list(record.live_standbys)
     return data
 
 

@@ -9,7 +9,10 @@ Every controller, ACTIVE or STANDBY, runs the same cycle:
    if the record has not confirmed this node for ``fence_after`` seconds;
 4. STANDBY: try to take the lease. ACTIVE: renew it, or step down at once;
 5. ACTIVE and not paused: observe all masters in one playbook run, decide
-   (decisions.py), act, each action bounded by what remains of the lease.
+   (decisions.py), act, each action bounded by what remains of the lease;
+6. ACTIVE on the master that runs the healthy scheduler, with a live STANDBY on
+   another master: release the lease at the end of the poll (anti-affinity), so
+   that losing one host never costs a takeover and a move at once.
 
 Guarantees and assumptions are in docs/design.md.
 """
@@ -78,6 +81,10 @@ class LocalService(Protocol):
 # Stop acting this long before the lease's local deadline: covers the time one
 # metastore round trip or node action may overrun its own timeout.
 LEASE_MARGIN = 1.0
+# After handing the lease over (anti-affinity), do not hand it over again for this
+# many lease TTLs: a handover nobody took (the STANDBY died within its last TTL)
+# then costs at most one short gap without an ACTIVE per period, never a flap.
+HANDOVER_BACKOFF_TTLS = 3
 
 
 class SteppedDown(Exception):
@@ -122,6 +129,7 @@ class Controller:
         self.unreachable_count = 0  # consecutive failed metastore reads
         self.unreachable_refused = False  # the last of them: credentials refused
         self.acquire_after: float | None = None  # see _defer_acquire
+        self.handed_over_at: float | None = None  # see _hand_over
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -422,6 +430,46 @@ class Controller:
         if self.me in obs and obs[self.me].reachable:
             self.local_seen_running = obs[self.me].running
         self._finish_poll(record, plan, obs)
+        self._hand_over(record, plan, obs)
+
+    def _hand_over(self, record: ClusterRecord, plan: Plan, obs: dict[str, NodeStatus]) -> None:
+        """Anti-affinity that lasts: when this master runs the healthy scheduler and a
+        STANDBY on another master is alive, give the lease up at the end of the poll.
+        That STANDBY takes it within a poll; this controller, on the scheduler's node,
+        lets a poll pass before contending again (_defer_acquire). The scheduler is not
+        touched: moving it would stop scheduling."""
+        if self.leader is None or plan.acts or record.failover_to is not None:
+            return  # stepped down, or in the middle of something
+        local = obs.get(self.me)
+        if record.scheduler_node != self.me or local is None or not local.serving:
+            return
+        now = self.clock()
+        backoff = HANDOVER_BACKOFF_TTLS * self.t.lease_ttl
+        if self.handed_over_at is not None and now - self.handed_over_at < backoff:
+            return
+        elsewhere = [
+            s
+            for s in record.live_standbys
+            if (node := s.split("#")[0]) != self.me and node in self.nodes.masters
+        ]
+        if not elsewhere:
+            return
+        lease = self.leader.lease
+        self._event("handover", self.me, f"ok: the scheduler runs here; {elsewhere[0]} is alive")
+        try:
+            self.store.release(lease)
+        except MetastoreError as exc:
+            log.warning("could not hand the lease over: %s", exc)
+            return
+        log.info(
+            "handed the lease (epoch %d) over: this master runs the scheduler and %s can take over",
+            lease.epoch,
+            ", ".join(elsewhere),
+        )
+        self.handed_over_at = now
+        self.leader = None
+        self.incidents.reset()
+        self.metrics.set_role(False)
 
     def _finish_poll(
         self, record: ClusterRecord, plan: Plan, obs: dict[str, NodeStatus] | None = None

@@ -641,3 +641,62 @@ def test_an_incident_sends_one_alert_and_one_recovery_after_the_settle_period() 
     assert 20.0 <= recovered_at - failed_at <= 20.0 + 2 * TIMINGS.poll_interval
     world.simulate(10 * TIMINGS.poll_interval)
     assert alerts(world) == ["alert-alert", "alert-recovered"]
+
+
+# -- anti-affinity that lasts (issue 10) --------------------------------------------------------
+def handovers(world: World) -> list[str | None]:
+    return [e.node for e in world.operator.events(1000) if e.action == "handover"]
+
+
+def test_the_active_hands_the_lease_over_when_its_own_master_runs_the_scheduler(
+    world: World,
+) -> None:
+    world.settled()
+    world.operator.request_failover("m1")  # the scheduler onto the ACTIVE's own master
+    world.simulate(TIMINGS.poll_interval)
+    assert world.masters.running() == ["m1"] and world.active() == "m1"
+    epoch, starts = world.record().epoch, world.masters.units["m1"].starts
+    actions = len(world.masters.actions)
+    # At the end of its next poll (the scheduler healthy there, nothing to do) it
+    # releases the lease; a STANDBY on another master takes it, m1 lets a poll pass.
+    world.simulate(3 * TIMINGS.poll_interval)
+    assert handovers(world) == ["m1"]
+    assert world.active() in ("m2", "m3") and world.record().epoch == epoch + 1
+    # The scheduler was not touched: same unit, no action on any node.
+    assert world.masters.running() == ["m1"] and world.masters.units["m1"].starts == starts
+    assert len(world.masters.actions) == actions
+    # And it stays so: no flapping of the lease.
+    active = world.active()
+    world.simulate(30 * TIMINGS.poll_interval)
+    assert world.active() == active and world.record().epoch == epoch + 1
+    assert handovers(world) == ["m1"] and world.masters.running() == ["m1"]
+
+
+def test_a_handover_nobody_takes_is_not_repeated_at_once(world: World) -> None:
+    world.settled()
+    world.kill("m3")  # long dead by the time of the handover: not a live STANDBY
+    world.simulate(4 * TIMINGS.lease_ttl)
+    world.operator.request_failover("m1")
+    while world.masters.running() != ["m1"]:
+        world.simulate(0.25)
+    assert world.active() == "m1"
+    world.kill("m2")  # dies now: still heard from within the last lease TTL
+    world.simulate(3 * TIMINGS.poll_interval)
+    # m1 handed over to m2, which never took the lease; m1 took it back a poll later.
+    assert handovers(world) == ["m1"] and world.active() == "m1"
+    # Not again while m2 would still be listed: a lease gap at most once per backoff.
+    world.simulate(controller_module.HANDOVER_BACKOFF_TTLS * TIMINGS.lease_ttl)
+    assert handovers(world) == ["m1"] and world.active() == "m1"
+    assert world.masters.running() == ["m1"] and world.masters.units["m1"].starts == 1
+
+
+def test_no_handover_while_the_scheduler_on_the_actives_master_is_unhealthy(
+    world: World,
+) -> None:
+    world.settled()
+    world.operator.request_failover("m1")
+    world.simulate(TIMINGS.poll_interval)
+    world.masters.units["m1"].healthy = False  # answering 503 during its warm-up
+    world.masters.units["m1"].seen_healthy = False
+    world.simulate(2 * TIMINGS.poll_interval)
+    assert handovers(world) == [] and world.active() == "m1"

@@ -378,6 +378,7 @@ class _Contract:
         assert record.failed_nodes == ("m1", "m3")
         assert (record.paused, record.failover_to) == (True, "m3")
         assert record.standbys == ("c2",)
+        assert record.live_standbys == ("c2",)  # heard from just now
         assert record.last_poll is None
 
         active.finish_poll(lease)

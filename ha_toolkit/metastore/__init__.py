@@ -89,6 +89,9 @@ class ClusterRecord:
     paused: bool = False  # maintenance: the ACTIVE takes no node action
     failover_to: str | None = None  # pending `ha-toolkit failover --to NODE` request
     standbys: tuple[str, ...] = ()  # controllers seen recently, other than the holder
+    # Those of them heard from within the last lease TTL: alive now (zookeeper: all of
+    # them, a heartbeat there is a live session). The ACTIVE hands over only to these.
+    live_standbys: tuple[str, ...] = ()
     last_poll: datetime | None = None  # when the ACTIVE last finished a poll (UTC)
 
 

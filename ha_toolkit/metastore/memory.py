@@ -152,6 +152,7 @@ class MemoryMetastore(Metastore):
                 for name, seen in state.last_seen.items()
                 if now - seen < window and name != holder
             )
+            live = tuple(n for n in standbys if now - state.last_seen[n] < state.ttl)
             return ClusterRecord(
                 holder=holder,
                 epoch=state.epoch,
@@ -162,6 +163,7 @@ class MemoryMetastore(Metastore):
                 paused=state.paused,
                 failover_to=state.failover_to,
                 standbys=tuple(standbys),
+                live_standbys=live,
                 last_poll=state.last_poll,
             )
 

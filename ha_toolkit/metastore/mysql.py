@@ -345,11 +345,13 @@ class MySQLMetastore(Metastore):
         if not valid:
             holder = None
         window = max(_STANDBY_MIN_WINDOW, _STANDBY_TTLS * (ttl or 0.0))
+        # Each controller with whether it was heard from within one lease TTL (alive now).
         _, seen = self._run(
             "read",
-            "SELECT name FROM `{p}_controllers`"
+            "SELECT name, last_seen > UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND"
+            " FROM `{p}_controllers`"
             " WHERE last_seen > UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND ORDER BY name",
-            (round(window * 1e6),),
+            (round((ttl or 0.0) * 1e6), round(window * 1e6)),
         )
         return ClusterRecord(
             holder=holder,
@@ -360,7 +362,8 @@ class MySQLMetastore(Metastore):
             failed_nodes=tuple(json.loads(failed)) if failed else (),
             paused=bool(paused),
             failover_to=failover_to,
-            standbys=tuple(name for (name,) in seen if name != holder),
+            standbys=tuple(name for name, _ in seen if name != holder),
+            live_standbys=tuple(name for name, live in seen if live and name != holder),
             last_poll=_utc(last_poll),
         )
 

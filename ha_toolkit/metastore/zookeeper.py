@@ -506,6 +506,8 @@ class ZooKeeperMetastore(Metastore):
                 paused=bool(wishes["paused"]),
                 failover_to=wishes["failover_to"],
                 standbys=tuple(n for n in names if n != holder),
+                # An ephemeral znode: there only while its controller's session lives.
+                live_standbys=tuple(n for n in names if n != holder),
                 last_poll=_ms_to_utc(poll_stat.mtime) if poll_data else None,
             )
 
