@@ -20,7 +20,9 @@ class NodeStatus:
     main_pid: int = 0
     active_state: str = "unknown"
     sub_state: str = "unknown"  # "auto-restart": systemd is about to restart it (Restart=)
-    since_start: float | None = None  # seconds since the unit began starting (node's clock)
+    # Seconds since this start began (the unit left inactive, or systemd restarted its
+    # main process on its own), on the node's clock.
+    since_start: float | None = None
     restarts: int | None = None  # systemd's NRestarts: its own restarts (None: not reported)
     # How the health URL answered: "ok", "failed" (another answer), "refused" (nothing
     # listens yet), "timeout" (no answer: hung); None without a URL or when not running.

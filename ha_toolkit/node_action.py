@@ -63,7 +63,7 @@ def unit_state(unit: str) -> dict[str, Any]:
             "show",
             unit,
             "--property=ActiveState,SubState,MainPID,LoadState,InactiveExitTimestampMonotonic,"
-            "NRestarts,InvocationID",
+            "ExecMainStartTimestampMonotonic,NRestarts,InvocationID",
         ],
         capture_output=True,
         text=True,
@@ -72,9 +72,14 @@ def unit_state(unit: str) -> dict[str, Any]:
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     active_state = props.get("ActiveState", "unknown")
     running = active_state in RUNNING_STATES
-    # How long ago the unit left "inactive" (began starting), on this node's own
-    # clock: lets the controller tell a scheduler still starting up from a hung one.
-    started_usec = int(props.get("InactiveExitTimestampMonotonic", "0") or 0)
+    # How long ago this start began, on this node's own clock: when the unit left
+    # "inactive", or when systemd forked the main process again for a restart of its
+    # own (Restart=: the unit never goes inactive in between). Lets the controller
+    # tell a scheduler still starting up from a hung one.
+    started_usec = max(
+        int(props.get("InactiveExitTimestampMonotonic", "0") or 0),
+        int(props.get("ExecMainStartTimestampMonotonic", "0") or 0),
+    )
     since_start = time.monotonic() - started_usec / 1e6 if running and started_usec else None
     return {
         "active_state": active_state,

@@ -131,13 +131,17 @@ def test_status_reports_restarts_invocation_and_health(
     capsys: pytest.CaptureFixture[str],
     answering: Callable[[int], str],
 ) -> None:
+    started_usec = int((time.monotonic() - 5.0) * 1e6)
     shown = (
         "ActiveState=active\nSubState=running\nMainPID=42\nLoadState=loaded\n"
-        "InactiveExitTimestampMonotonic=0\nNRestarts=3\nInvocationID=abc123\n"
+        f"InactiveExitTimestampMonotonic={started_usec - 60_000_000}\n"
+        f"ExecMainStartTimestampMonotonic={started_usec}\n"  # restarted by systemd since
+        "NRestarts=3\nInvocationID=abc123\n"
     )
 
     def systemctl_show(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         assert argv[:2] == ["systemctl", "show"] and "NRestarts,InvocationID" in argv[-1]
+        assert "ExecMainStartTimestampMonotonic" in argv[-1]
         return subprocess.CompletedProcess(argv, 0, shown, "")
 
     monkeypatch.setattr(node_action.subprocess, "run", systemctl_show)
@@ -149,6 +153,7 @@ def test_status_reports_restarts_invocation_and_health(
 
     first = status(answering(200))
     assert (first["n_restarts"], first["invocation_id"]) == (3, "abc123")
+    assert 5.0 <= first["since_start"] < 15.0  # since the main process's last start
     assert (first["healthy"], first["health_check"], first["seen_healthy"]) == (True, "ok", True)
     later = status(answering(503))  # the same start, unhealthy now: warm-up is over
     assert (later["healthy"], later["health_check"], later["seen_healthy"]) == (
