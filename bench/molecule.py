@@ -37,8 +37,9 @@ STEPS = {
     "failover": ["syntax", "create", "converge", "side_effect", "verify"],
 }
 TARGETS = {
-    ("default", "total"): "cold molecule test <= 1200 s",
-    ("default", "idempotence"): "re-converge <= 180 s",
+    ("default", "total"): "cold molecule test <= 600 s",
+    ("default", "idempotence"): "re-converge <= 90 s",
+    ("default", "check"): "site.yml --check on a converged cluster <= 90 s",
 }
 FAULT_METRICS = {
     "node_stopped_s": ("node_stopped", "scheduler_elsewhere_s"),

@@ -40,6 +40,9 @@ if [ ! -f "$out/.stamp" ] || [ "$(cut -d' ' -f1 "$out/.stamp")" != "$deps_stamp"
         --dest "$out" $requirements 2> >(grep -v "is ignored: it is neither" >&2)
 fi
 rm -f "$out"/ha_toolkit-*.whl
+# setuptools builds in ./build and never removes what it copied there before:
+# a module deleted from the package would live on in the wheel.
+rm -rf "$repo/build"
 $pip wheel -q --disable-pip-version-check --no-deps --wheel-dir "$out" "$repo" >/dev/null \
     2> >(grep -v "is ignored: it is neither" >&2)
 echo "$stamp" > "$out/.stamp"
