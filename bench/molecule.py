@@ -51,7 +51,8 @@ FAULT_METRICS = {
 def molecule(step: str, scenario: str) -> float:
     # `molecule check` alone runs its own destroy/create/.../destroy sequence;
     # the check step of `molecule test` is the converge playbook in check mode.
-    argv = [step, "-s", scenario]
+    # Steps are named as in the scenario's test_sequence; the CLI spells side_effect with a dash.
+    argv = [step.replace("_", "-"), "-s", scenario]
     if step == "check":
         argv = ["converge", "-s", scenario, "--", "--check"]
     started = time.monotonic()
