@@ -13,7 +13,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: test test-unit test-integration lint setup apt docker image clean bench
 
 # Every tier: lint, pytest (unit and integration), then the whole cluster
-# (molecule/default: converge from bare nodes, idempotence, check, verify).
+# (molecule/default: converge from bare nodes, idempotence, check, verify) and
+# its failover under faults (molecule/failover), on the local node image.
 MOLECULE := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule
 # site.yml runs under Mitogen's strategy in the scenarios (.config/molecule/)
 # and in the demo; ANSIBLE_STRATEGY=linear switches it off.
@@ -23,6 +24,7 @@ MITOGEN := ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/shared/strategy \
 test: setup lint wheelhouse
 	$(BIN)/pytest tests
 	$(MOLECULE) test -s default
+	$(MOLECULE) test -s failover
 
 test-unit: $(VENV)/.stamp
 	$(BIN)/pytest -m unit tests
