@@ -77,6 +77,12 @@ class IncidentTracker:
         consecutive ones before the alert, all of them after it."""
         return self._failed_polls
 
+    @property
+    def open(self) -> bool:
+        """An incident is under way: a failed poll not yet followed by a healthy one,
+        or an alert not yet followed by its recovery."""
+        return self._failed_polls > 0 or self._alerted
+
     def observe(
         self, healthy: bool, detail: str, node: str | None = None, now: float = 0.0
     ) -> Notice | None:

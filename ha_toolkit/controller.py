@@ -437,9 +437,12 @@ class Controller:
         STANDBY on another master is alive, give the lease up at the end of the poll.
         That STANDBY takes it within a poll; this controller, on the scheduler's node,
         lets a poll pass before contending again (_defer_acquire). The scheduler is not
-        touched: moving it would stop scheduling."""
+        touched: moving it would stop scheduling. Not during an incident: the ACTIVE
+        that sent an alert keeps the lease until it has sent the recovery."""
         if self.leader is None or plan.acts or record.failover_to is not None:
             return  # stepped down, or in the middle of something
+        if self.incidents.open:
+            return  # the controller that alerted sends the recovery; hand over after it
         local = obs.get(self.me)
         if record.scheduler_node != self.me or local is None or not local.serving:
             return

@@ -700,3 +700,22 @@ def test_no_handover_while_the_scheduler_on_the_actives_master_is_unhealthy(
     world.masters.units["m1"].seen_healthy = False
     world.simulate(2 * TIMINGS.poll_interval)
     assert handovers(world) == [] and world.active() == "m1"
+
+
+def test_no_handover_before_the_recovery_of_an_alerted_incident() -> None:
+    world = World(alerts=AlertsConfig(after_failed_polls=1, recovery_after=20.0)).settled()
+    world.operator.request_failover("m1")
+    world.simulate(TIMINGS.poll_interval)
+    m1 = world.masters.units["m1"]
+    m1.healthy = m1.seen_healthy = False  # warming up: an incident, alerted at once
+    world.simulate(2 * TIMINGS.poll_interval)
+    assert alerts(world) == ["alert-alert"] and world.active() == "m1"
+    m1.healthy = True
+    world.simulate(20.0 - TIMINGS.poll_interval)
+    assert handovers(world) == [] and world.active() == "m1"  # still settling
+    world.simulate(3 * TIMINGS.poll_interval)
+    # The ACTIVE that alerted sent the recovery, then handed the lease over.
+    assert alerts(world) == ["alert-alert", "alert-recovered"]
+    (recovered_at,) = world.event_times("alert-recovered", "m1")
+    (handed_at,) = world.event_times("handover", "m1")
+    assert handed_at >= recovered_at and world.active() in ("m2", "m3")
