@@ -395,6 +395,36 @@ class _Contract:
         record = active.read()
         assert (record.scheduler_node, record.failed_nodes) == (None, ())
 
+    def test_a_confirming_read_records_the_metastores_time_before_it_reads(
+        self, store_factory: StoreFactory
+    ) -> None:
+        m1, m2, operator = store_factory(), store_factory(), store_factory()
+        m1.setup()
+        assert operator.read().confirmations == {}
+        # The metastore runs on this host: its clock is the one datetime.now() reads.
+        sent = datetime.now(UTC)
+        first = m1.read(confirm_as="m1")
+        assert first.server_time is not None and _near_now(first.server_time)
+        confirmed = first.confirmations["m1"]
+        # Never earlier than the call was sent (the node counts its right from there),
+        # and recorded before the read was served: not after the read's server time
+        # (zookeeper's mtime is in whole ms, the confirmation its next ms).
+        assert sent <= confirmed <= first.server_time + timedelta(milliseconds=1)
+        again = m1.read(confirm_as="m1")
+        assert again.confirmations["m1"] >= confirmed
+        # Every reader sees it, on the clock of its own server_time; a read without
+        # confirm_as records nothing.
+        seen = m2.read(confirm_as="m2")
+        assert seen.confirmations["m1"] == again.confirmations["m1"]
+        assert seen.server_time is not None
+        assert seen.server_time + timedelta(milliseconds=1) >= seen.confirmations["m1"]
+        assert set(seen.confirmations) == {"m1", "m2"}
+        assert set(operator.read().confirmations) == {"m1", "m2"}
+        # Kept by clear(), as heartbeats are: forgetting one would only make the ACTIVE
+        # fall back to its own clock, but a cleared record says nothing about the nodes.
+        operator.clear()
+        assert set(operator.read().confirmations) == {"m1", "m2"}
+
     def test_event_log_keeps_order_and_limit(self, store_factory: StoreFactory) -> None:
         writer, reader = store_factory(), store_factory()
         writer.setup()
@@ -508,6 +538,17 @@ class TestMySQL(_Contract):
         store.write_placement(renewed, "m1")
         assert store.read().scheduler_node == "m1"
 
+    def test_a_confirming_read_creates_a_missing_confirmations_table(
+        self, store_factory: StoreFactory
+    ) -> None:
+        store = store_factory()
+        store.setup()
+        # A metastore set up by a version before confirmations, `init` not run since.
+        store._run("drop", "DROP TABLE `{p}_confirmations`")  # type: ignore[attr-defined]
+        with pytest.raises(MetastoreError):
+            store.read()
+        assert "m1" in store.read(confirm_as="m1").confirmations
+
 
 class TestZooKeeper(_Contract):
     short_ttl = 2.0  # sessions this short are granted by the harness (minSessionTimeout 1 s)
@@ -575,6 +616,7 @@ class TestZooKeeper(_Contract):
             store.setup()
             lease = store.acquire("c1", 10.0)
             assert lease is not None
+            store.read(confirm_as="m9")
             leader = zookeeper_ensemble.members.index(zookeeper_ensemble.leader())
             zookeeper_ensemble.kill_member(leader)
             # While the ensemble elects a new leader the store may be unreachable,
@@ -583,6 +625,11 @@ class TestZooKeeper(_Contract):
             assert renewed.epoch == lease.epoch
             store.write_placement(renewed, "m1")
             assert store.read().scheduler_node == "m1"
+            # m9's confirmation carries the old leader's clock: left out of a record
+            # whose server_time is the new leader's, shown by a read without one.
+            record = store.read(confirm_as="m1")
+            assert set(record.confirmations) == {"m1"}
+            assert "m9" in store.read().confirmations
         finally:
             store.close()
 

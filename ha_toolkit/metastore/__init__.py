@@ -14,7 +14,10 @@ What it guarantees, assuming clocks whose *rate* drifts by a bounded amount
   current one and the lease has not expired by the metastore's own judgement;
 * a :class:`Lease` carries a local deadline on the holder's monotonic clock,
   measured from the moment the acquire/renew request was *sent*, so the holder
-  stops trusting it no later than the metastore stops honouring it.
+  stops trusting it no later than the metastore stops honouring it;
+* ``read(confirm_as=node)`` records the metastore's own time as that node's latest
+  confirmation *before* it reads, so a node that counts the read as confirming its
+  placement (from when it sent it) was sent no later than the recorded time.
 
 What it does not guarantee: anything about a holder that acts after its
 local deadline. Callers check :meth:`Lease.remaining` before every action.
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -93,6 +97,15 @@ class ClusterRecord:
     # them, a heartbeat there is a live session). The ACTIVE hands over only to these.
     live_standbys: tuple[str, ...] = ()
     last_poll: datetime | None = None  # when the ACTIVE last finished a poll (UTC)
+    # node -> the metastore's clock when that node's controller last began a confirming
+    # read (read(confirm_as=node)): recorded before the read, so never earlier than the
+    # moment the node sent any read it counts as confirming. Only times on the clock of
+    # server_time (zookeeper: written under the same leader); every one when server_time
+    # is None (for display).
+    confirmations: Mapping[str, datetime] = field(default_factory=dict, hash=False)
+    # The metastore's clock at (or before) this read, on the same clock as confirmations;
+    # None when the backend cannot tell (zookeeper, a read without confirm_as).
+    server_time: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -130,8 +143,15 @@ class Metastore(ABC):
         """Give the lease up (best effort; it expires anyway)."""
 
     @abstractmethod
-    def read(self) -> ClusterRecord:
-        """The current record; any controller, leader or not, may read it."""
+    def read(self, confirm_as: str | None = None) -> ClusterRecord:
+        """The current record; any controller, leader or not, may read it.
+
+        With `confirm_as` (the reading controller's node name), first record the
+        metastore's current time as that node's latest confirmation (kept as the
+        later of it and the one recorded before), then read: a write that completes
+        before the read is served. If either fails the call raises, so a caller
+        that counts a record naming its node as confirmed, from when it sent this
+        call, only does so for a read whose confirmation time was recorded."""
 
     @abstractmethod
     def write_placement(

@@ -44,6 +44,7 @@ class _State:
     failover_to: str | None = None
     last_poll: datetime | None = None
     last_seen: dict[str, float] = field(default_factory=dict)  # controller -> heartbeat time
+    confirmed: dict[str, datetime] = field(default_factory=dict)  # node -> latest confirmation
     events: list[Event] = field(default_factory=list)
 
 
@@ -56,7 +57,9 @@ class MemoryServer:
         wall_clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.clock = clock
-        self.wall_clock = wall_clock  # for last_poll and event times, as a server's UTC
+        # For last_poll, event times and confirmations, as a server's UTC: the one clock
+        # confirmations and server_time are both read from, as on a real server.
+        self.wall_clock = wall_clock
         self.reachable = True
         self._lock = threading.Lock()
         self._state: _State | None = None  # None until setup()
@@ -140,9 +143,14 @@ class MemoryMetastore(Metastore):
                 state.holder = None
                 state.expires_at = None
 
-    def read(self) -> ClusterRecord:
+    def read(self, confirm_as: str | None = None) -> ClusterRecord:
         with self._server._lock:
             state = self._state("read")
+            server_time = self._server.wall_clock()
+            if confirm_as is not None:
+                # Atomic with the read below (one lock): recorded before it is served.
+                before = state.confirmed.get(confirm_as)
+                state.confirmed[confirm_as] = max(server_time, before or server_time)
             now = self._server.clock()
             valid = self._valid(state)
             holder = state.holder if valid else None
@@ -165,6 +173,8 @@ class MemoryMetastore(Metastore):
                 standbys=tuple(standbys),
                 live_standbys=live,
                 last_poll=state.last_poll,
+                confirmations=dict(state.confirmed),
+                server_time=server_time,
             )
 
     def write_placement(
@@ -218,8 +228,14 @@ class MemoryMetastore(Metastore):
         with self._server._lock:
             state = self._state("clear")
             # The epoch stays (nodes refuse an epoch lower than one they have seen),
-            # and so do the event log and the heartbeats, as in the other backends.
-            keep = _State(epoch=state.epoch, last_seen=state.last_seen, events=state.events)
+            # and so do the event log, the heartbeats and the confirmations, as in the
+            # other backends.
+            keep = _State(
+                epoch=state.epoch,
+                last_seen=state.last_seen,
+                confirmed=state.confirmed,
+                events=state.events,
+            )
             self._server._state = keep
 
     def close(self) -> None:

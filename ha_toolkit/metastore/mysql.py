@@ -7,7 +7,8 @@ whose WHERE clause re-checks holder, epoch and expiry on the lease row: InnoDB
 locks that row for the statement, so a takeover cannot slip between check and write.
 
 Tables (``{prefix}_*``): ``lease`` and ``record`` (one seeded row each),
-``controllers`` (heartbeats) and ``events`` (append-only).
+``controllers`` (heartbeats), ``confirmations`` (per node, the server's time when its
+controller last began a confirming read) and ``events`` (append-only).
 
 ``request_failover(None)`` ("to the next master") is stored and read back as
 ``failover_to == ""``: the record has no other way to say "pending, any target".
@@ -53,6 +54,7 @@ _PREFIX_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,40}")
 # (1044), wrong user or password (1045), a command on our tables denied (1142), and
 # a user that may not log in with a password (1698).
 _ACCESS_DENIED = frozenset({1044, 1045, 1142, 1698})
+_NO_SUCH_TABLE = 1146
 
 
 def is_access_denied(exc: BaseException) -> bool:
@@ -64,6 +66,11 @@ def is_access_denied(exc: BaseException) -> bool:
         and exc.args[0] in _ACCESS_DENIED
     )
 
+
+_CONFIRMATIONS_TABLE = """CREATE TABLE IF NOT EXISTS `{p}_confirmations` (
+        node VARCHAR(255) NOT NULL PRIMARY KEY,
+        confirmed_at DATETIME(6) NOT NULL
+    ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4"""
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS `{p}_lease` (
@@ -88,6 +95,7 @@ _SCHEMA = (
         name VARCHAR(255) NOT NULL PRIMARY KEY,
         last_seen DATETIME(6) NOT NULL
     ) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4""",
+    _CONFIRMATIONS_TABLE,
     """CREATE TABLE IF NOT EXISTS `{p}_events` (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
         time DATETIME(6) NOT NULL,
@@ -141,11 +149,19 @@ UPDATE `{{p}}_record` r JOIN `{{p}}_lease` l ON l.id = 1 SET
 WHERE r.id = 1 AND {_FENCE}
 """
 
+# The server's clock, its own statement committed (autocommit) before the read that
+# follows: never earlier than when the caller sent it. GREATEST: a server clock set back
+# must not make a node's confirmation look older than one already recorded.
+_CONFIRM = """
+INSERT INTO `{p}_confirmations` (node, confirmed_at) VALUES (%s, UTC_TIMESTAMP(6))
+ON DUPLICATE KEY UPDATE confirmed_at = GREATEST(confirmed_at, UTC_TIMESTAMP(6))
+"""
+
 _READ = """
 SELECT l.holder, l.epoch, l.expires_at > UTC_TIMESTAMP(6),
        TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), l.expires_at), l.ttl,
        r.scheduler_node, r.placement_epoch, r.failed_nodes, r.paused, r.failover_to,
-       r.last_poll
+       r.last_poll, UTC_TIMESTAMP(6)
 FROM `{p}_lease` l JOIN `{p}_record` r ON r.id = 1
 WHERE l.id = 1
 """
@@ -325,7 +341,21 @@ class MySQLMetastore(Metastore):
             (lease.holder, lease.epoch),
         )
 
-    def read(self) -> ClusterRecord:
+    def _confirm(self, node: str) -> None:
+        try:
+            self._run("read", _CONFIRM, (node,))
+        except MetastoreError as exc:
+            cause = exc.__cause__
+            if not (isinstance(cause, pymysql.MySQLError) and cause.args[:1] == (_NO_SUCH_TABLE,)):
+                raise
+            # Set up before confirmations existed and `init` not run since: create the
+            # table (as init would) rather than have every node fence itself.
+            self._run("read", _CONFIRMATIONS_TABLE)
+            self._run("read", _CONFIRM, (node,))
+
+    def read(self, confirm_as: str | None = None) -> ClusterRecord:
+        if confirm_as is not None:
+            self._confirm(confirm_as)
         _, rows = self._run("read", _READ)
         if not rows:
             raise MetastoreError("mysql metastore is not set up (no lease row)")
@@ -341,6 +371,7 @@ class MySQLMetastore(Metastore):
             paused,
             failover_to,
             last_poll,
+            server_time,
         ) = rows[0]
         if not valid:
             holder = None
@@ -353,6 +384,8 @@ class MySQLMetastore(Metastore):
             " WHERE last_seen > UTC_TIMESTAMP(6) - INTERVAL %s MICROSECOND ORDER BY name",
             (round((ttl or 0.0) * 1e6), round(window * 1e6)),
         )
+        # Read after server_time: a confirmation recorded in between only looks younger.
+        _, confirmed = self._run("read", "SELECT node, confirmed_at FROM `{p}_confirmations`")
         return ClusterRecord(
             holder=holder,
             epoch=int(epoch),
@@ -365,6 +398,8 @@ class MySQLMetastore(Metastore):
             standbys=tuple(name for name, _ in seen if name != holder),
             live_standbys=tuple(name for name, live in seen if live and name != holder),
             last_poll=_utc(last_poll),
+            confirmations={node: when.replace(tzinfo=UTC) for node, when in confirmed},
+            server_time=_utc(server_time),
         )
 
     def _fenced(self, what: str, lease: Lease, sql: str, args: dict[str, Any]) -> None:

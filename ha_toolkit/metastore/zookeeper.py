@@ -12,6 +12,8 @@ Layout under ``/{prefix}``::
                                    once nobody holds the lease
     events/ev-NNNNNNNNNN           persistent sequential, JSON; ctime = event time
     controllers/<name>             ephemeral: a heartbeat is the session being alive
+    confirmed/<node>               persistent; mtime = when that node's controller last
+                                   began a confirming read (set before the read)
 
 The lease TTL is the session timeout: ZooKeeper deletes the winner's znode when its
 session expires, and only then can the next contender become the lowest. Because
@@ -19,7 +21,12 @@ sequence numbers and zxids grow together, each new winner's czxid exceeds every
 earlier winner's, and ``clear()`` deletes znodes without resetting either counter.
 
 ``lease_remaining`` is always None here: the server keeps session deadlines to
-itself. ``request_failover(None)`` is stored as ``failover_to == ""``.
+itself. A znode's mtime is the wall clock of the ZooKeeper leader that ordered the write,
+so a confirmation is comparable with ``server_time`` (the mtime of the reader's own
+confirmation, set just before) only when both were written under the same leader: the
+same leader epoch, the high 32 bits of their mzxids. Other confirmations are left out of
+a record read with ``confirm_as`` (the ACTIVE then falls back to its own clock).
+``request_failover(None)`` is stored as ``failover_to == ""``.
 """
 
 from __future__ import annotations
@@ -140,6 +147,7 @@ class ZooKeeperMetastore(Metastore):
         self._epoch_path = f"{self._root}/epoch"
         self._events = f"{self._root}/events"
         self._controllers = f"{self._root}/controllers"
+        self._confirmed = f"{self._root}/confirmed"
         # Our znodes carry this token so we can find ones we created but never
         # heard back about (a create whose reply was lost) and delete them.
         self._token = uuid.uuid4().hex
@@ -297,7 +305,7 @@ class ZooKeeperMetastore(Metastore):
     def setup(self) -> None:
         with self._errors("setup"):
             client = self._client()
-            for path in (self._lock, self._events, self._controllers):
+            for path in (self._lock, self._events, self._controllers, self._confirmed):
                 client.ensure_path(path)
             for path, data in (
                 (self._record, _json(_EMPTY_RECORD)),
@@ -468,9 +476,42 @@ class ZooKeeperMetastore(Metastore):
         target = _ANY_NODE if node is None else node
         self._update_requests("request_failover", {"failover_to": target})
 
-    def read(self) -> ClusterRecord:
+    def _confirm(self, client: Any, node: str) -> Any:
+        """Set `node`'s confirmation znode (created on first use); its new stat."""
+        path = f"{self._confirmed}/{quote(node, safe='')}"
+        with suppress(NoNodeError):
+            return self._wait(client.set_async(path, node.encode()))
+        try:
+            _, stat = self._wait(
+                client.create_async(path, node.encode(), makepath=True, include_data=True)
+            )
+            return stat
+        except NodeExistsError:  # another controller on this node created it meanwhile
+            return self._wait(client.set_async(path, node.encode()))
+
+    def _confirmations(self, client: Any, own: Any) -> dict[str, datetime]:
+        """Every node's confirmation time; with `own` (the reader's just-written stat),
+        only those written under the same ZooKeeper leader, so on the same clock."""
+        try:
+            names = self._wait(client.get_children_async(self._confirmed))
+        except NoNodeError:  # set up before confirmations existed; nobody confirmed yet
+            return {}
+        pending = [(n, client.exists_async(f"{self._confirmed}/{n}")) for n in names]
+        times: dict[str, datetime] = {}
+        for name, result in pending:
+            stat = self._wait(result)
+            if stat is None or (own is not None and stat.mzxid >> 32 != own.mzxid >> 32):
+                continue
+            # mtime is in whole ms, rounded down: the next ms is never before the write.
+            times[unquote(name)] = _ms_to_utc(stat.mtime + 1)
+        return times
+
+    def read(self, confirm_as: str | None = None) -> ClusterRecord:
         with self._errors("read"):
             client = self._client()
+            # Written (and waited for) before any read is sent: the reads below are
+            # served after it, and see every write committed before it.
+            own = self._confirm(client, confirm_as) if confirm_as is not None else None
             client.sync_async(self._root)
             pending = [
                 client.get_children_async(self._lock),
@@ -494,6 +535,7 @@ class ZooKeeperMetastore(Metastore):
                 break
             placement = json.loads(record[0])
             wishes = json.loads(requests[0])
+            confirmations = self._confirmations(client, own)
             poll_data, poll_stat = poll
             names = sorted(unquote(c) for c in controllers)
             return ClusterRecord(
@@ -509,6 +551,9 @@ class ZooKeeperMetastore(Metastore):
                 # An ephemeral znode: there only while its controller's session lives.
                 live_standbys=tuple(n for n in names if n != holder),
                 last_poll=_ms_to_utc(poll_stat.mtime) if poll_data else None,
+                confirmations=confirmations,
+                # Rounded down: never later than the server's clock at our own write.
+                server_time=_ms_to_utc(own.mtime) if own is not None else None,
             )
 
     def heartbeat(self, controller: str) -> None:
