@@ -125,6 +125,7 @@ class Controller:
         )
         self.leader: Leadership | None = None
         self.confirmed_at: float | None = None  # last read naming this node (send time)
+        self.read_sent: float | None = None  # send time of the last successful read
         self.local_seen_running = False  # the local scheduler, at the last look
         self.unreachable_count = 0  # consecutive failed metastore reads
         self.unreachable_refused = False  # the last of them: credentials refused
@@ -205,6 +206,7 @@ class Controller:
         cycle_started = self.clock()
         self.ping_watchdog()
         record = self._read_and_fence()
+        read_at = self.read_sent  # of this record (later reads during actions move it)
         self._hold_lease(record)
         if self.leader is not None and record is not None:
             if record.paused:
@@ -214,7 +216,7 @@ class Controller:
             else:
                 self.metrics.set_paused(False)
                 try:
-                    self._poll_active(record)
+                    self._poll_active(record, read_at)
                 except SteppedDown as exc:
                     self._step_down(str(exc))
             self.metrics.observe_poll(self.clock() - cycle_started)
@@ -241,10 +243,12 @@ class Controller:
 
     def _read_record(self) -> ClusterRecord | None:
         """Read the record; one that names this node confirms its placement as of
-        the moment the read was sent."""
+        the moment the read was sent. The metastore records its own time for this
+        node before it serves the read (confirm_as): the ACTIVE counts a move's wait
+        from that, which is never earlier than `sent`."""
         sent = self.clock()
         try:
-            record = self.store.read()
+            record = self.store.read(confirm_as=self.me)
         except MetastoreError as exc:
             self._note_unreachable(exc)
             return None
@@ -252,6 +256,7 @@ class Controller:
             log.warning("metastore reachable again after %d failed reads", self.unreachable_count)
             self.unreachable_count = 0
             self.unreachable_refused = False
+        self.read_sent = sent
         if record.scheduler_node == self.me:
             self.confirmed_at = sent
         return record
@@ -305,6 +310,7 @@ class Controller:
         # Whatever the placement is, we have known it only since now: a node we
         # cannot observe gets the full move_wait to notice and fence itself.
         decider.placement_written(self.clock())
+        decider.active_since = self.clock()
         self.leader = Leadership(lease, decider)
         self.incidents.reset()
         self.metrics.set_role(True)
@@ -382,7 +388,7 @@ class Controller:
                 log.error("%s on %s refused by the node: %s", action, node, st.error)
         return statuses
 
-    def _poll_active(self, record: ClusterRecord) -> None:
+    def _poll_active(self, record: ClusterRecord, read_at: float | None) -> None:
         assert self.leader is not None
         decider = self.leader.decider
         obs = self._run_nodes({})
@@ -416,11 +422,11 @@ class Controller:
                 )
 
         if plan.start:
-            if decider.safe_to_start(plan.start, obs, self.clock()):
+            wait = decider.start_wait(plan.start, obs, self.clock(), record, read_at)
+            if wait <= 0:
                 obs = {**obs, **self._run_nodes({plan.start: "start"}, hosts=[plan.start])}
                 decider.started(plan.start, self.clock(), plan.repair, _restarts(obs, plan.start))
             else:
-                wait = decider.placement_since + self.move_wait - self.clock()
                 log.info(
                     "not starting on %s yet: a master may still run a scheduler "
                     "(unreachable or not confirmed stopped); %.1f s of the move wait left",

@@ -29,14 +29,24 @@ failed and, among those, ones other than the ACTIVE's own node.
    marked failed.
 5. Any scheduler running anywhere but the placed node is stopped.
 
-A start is only *safe* when no other master may still run a scheduler: every
-other master was observed stopped, or the placement has named the target for
-at least ``move_wait`` (by then a node that could not be observed has read the
-new placement and stopped, or lost the metastore and fenced itself).
+A start is only *safe* when no other master may still run a scheduler (docs/design.md,
+A6). Either rule suffices:
+
+* by this ACTIVE's clock, the placement has named the target for at least ``move_wait``
+  (by then a node that could not be observed has read the new placement and stopped, or
+  lost the metastore and fenced itself);
+* every other master was observed stopped, or is *clear*: on the metastore's clock, at
+  least ``move_wait`` has passed since its controller last began a confirming read (so
+  it has fenced itself or read another placement, and stopped), in a record read after
+  the placement was written; and, by this ACTIVE's clock, at least ``move_wait`` since
+  this ACTIVE took the lease and since it last (re)started the scheduler there (a start
+  on a node whose right had lapsed runs until that node's controller next looks). A
+  master with no known confirmation is never clear this way.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -75,6 +85,8 @@ class Decider:
     move_wait: float
     me: str | None = None  # the ACTIVE's own node
     placement_since: float = 0.0  # since when the placement has been what it is
+    active_since: float = 0.0  # when this ACTIVE took the lease
+    last_started: dict[str, float] = field(default_factory=dict)  # node -> our last (re)start
     attempts: dict[str, float] = field(default_factory=dict)  # node -> when we (re)started it
     restarts: dict[str, list[float]] = field(default_factory=dict)  # node -> recent (re)starts
     # systemd's own restarts (NRestarts): the count at the last poll, and the polls
@@ -93,6 +105,7 @@ class Decider:
         restart count as the start left it (a start from outside resets it), and
         systemd's crash count starts over with it."""
         self.attempts[node] = now
+        self.last_started[node] = now
         if repair:
             self.restarts.setdefault(node, []).append(now)
         if restarts is not None:
@@ -207,11 +220,59 @@ class Decider:
         marked = tuple(dict.fromkeys((*failed, placed)))
         return self._move(placed, marked, obs, running, f"scheduler on {placed} {why}")
 
-    def safe_to_start(self, target: str, obs: Mapping[str, NodeStatus], now: float) -> bool:
-        others_stopped = all(
-            _st(obs, m).reachable and not _st(obs, m).running for m in self.masters if m != target
+    def safe_to_start(
+        self,
+        target: str,
+        obs: Mapping[str, NodeStatus],
+        now: float,
+        record: ClusterRecord | None = None,
+        read_at: float | None = None,
+    ) -> bool:
+        """Whether no master but `target` may still run a scheduler (see the module
+        docstring). `record` was read by a call sent at `read_at` (this clock)."""
+        return self.start_wait(target, obs, now, record, read_at) <= 0
+
+    def start_wait(
+        self,
+        target: str,
+        obs: Mapping[str, NodeStatus],
+        now: float,
+        record: ClusterRecord | None = None,
+        read_at: float | None = None,
+    ) -> float:
+        """Seconds until a start on `target` is safe (<= 0: now); the shorter of the two
+        rules. Seconds of the metastore's clock are counted as this clock's: only the
+        sign is exact."""
+        by_placement = self.placement_since + self.move_wait - now
+        others = [m for m in self.masters if m != target]
+        by_confirmation = max(
+            (self._clear_in(m, obs, now, record, read_at) for m in others), default=0.0
         )
-        return others_stopped or now - self.placement_since >= self.move_wait
+        return min(by_placement, by_confirmation)
+
+    def _clear_in(
+        self,
+        node: str,
+        obs: Mapping[str, NodeStatus],
+        now: float,
+        record: ClusterRecord | None,
+        read_at: float | None,
+    ) -> float:
+        """Seconds until `node` can run no scheduler (<= 0: already): observed stopped,
+        or its last confirmation long enough ago; inf when that cannot be known."""
+        st = _st(obs, node)
+        if st.reachable and not st.running:
+            return -math.inf
+        if record is None or record.server_time is None or read_at is None:
+            return math.inf
+        confirmed = record.confirmations.get(node)
+        # Read before the placement was written (or before we took the lease): a
+        # confirmation recorded after this read may still be counted by the node.
+        if confirmed is None or read_at < self.placement_since:
+            return math.inf
+        by_metastore = self.move_wait - (record.server_time - confirmed).total_seconds()
+        started = max(self.active_since, self.last_started.get(node, -math.inf))
+        return max(by_metastore, started + self.move_wait - now)
 
     # -- helpers -----------------------------------------------------------------------------
     def _next_master(

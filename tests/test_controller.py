@@ -9,6 +9,7 @@ the fault tests check from outside after every cycle: never two schedulers.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -424,7 +425,7 @@ def test_refused_credentials_are_named_and_retried_every_poll_with_log_backoff(
     m1 = world.add("m1")
     reads: list[float] = []
 
-    def refused() -> ClusterRecord:
+    def refused(confirm_as: str | None = None) -> ClusterRecord:
         reads.append(world.clock())
         raise MetastoreAuthError(
             "mysql db1:3306/ha: read failed: access denied for user 'ha' (password from /p)"
@@ -490,21 +491,176 @@ def test_watchdog_is_not_fed_once_the_placement_is_stale(world: World, notified:
 
 
 # -- moves --------------------------------------------------------------------------------------
-def test_move_waits_for_move_wait_when_the_old_node_cannot_be_seen(world: World) -> None:
-    world.settled()
-    # m2 is cut off from everything: the ACTIVE cannot see it, its controller cannot
-    # read the metastore, and its scheduler keeps running until that controller fences.
-    world.masters.unreachable.add("m2")
-    world.nodes["m2"].store.reachable = False
-    world.simulate(MOVE_WAIT + 3 * TIMINGS.poll_interval)
+# How long the ACTIVE's observation takes while a master is unreachable (SSH's connect
+# timeout, scaled to TIMINGS: the lease must outlast an observation and an action).
+SSH_TIMEOUT = 1.5
+
+
+def slow_when_unreachable(world: World, name: str, seconds: float = SSH_TIMEOUT) -> None:
+    """`name`'s playbook runs take `seconds` while a targeted master does not answer."""
+    fake = world.nodes[name].nodes
+    run = fake.run
+
+    def slow(actions: dict[str, str], epoch: int, **kwargs: object) -> dict[str, NodeStatus]:
+        targets = kwargs.get("hosts") or fake.masters
+        if world.masters.unreachable & set(targets):  # type: ignore[arg-type]
+            world.clock.advance(seconds)
+        return run(actions, epoch, **kwargs)  # type: ignore[arg-type]
+
+    fake.run = slow  # type: ignore[method-assign]
+
+
+def confirmed(world: World, node: str) -> float:
+    """`node`'s last recorded confirmation, on the fake clock (the metastore's)."""
+    return world.record().confirmations[node].timestamp()
+
+
+def long_settled(world: World, ssh_timeout: float = SSH_TIMEOUT) -> World:
+    """Settled, and the ACTIVE's takeover and its start on m2 older than the move wait."""
+    # Whole seconds: with the fake clock's floats, a fence deadline computed as
+    # confirmed_at + fence_window must compare equal when the loop wakes at it.
+    world.settled().simulate(math.ceil(move_wait(world.timings)))
+    slow_when_unreachable(world, "m1", ssh_timeout)
+    return world
+
+
+def moved_to_m3(world: World, ssh_timeout: float = SSH_TIMEOUT) -> tuple[float, float]:
+    """(when the placement naming m3 was written, when m3's scheduler started)."""
+    world.simulate(move_wait(world.timings) + 2 * ssh_timeout + 2 * world.timings.poll_interval)
     assert world.masters.running() == ["m3"] and world.record().scheduler_node == "m3"
     (placed_at,) = world.event_times("place", "m3")
-    started_at = world.masters.units["m3"].started_at
-    # Started on the first poll after move_wait, not sooner; by then the old node had
-    # fenced itself (fence_after after its last confirmation, before the write).
-    assert MOVE_WAIT <= started_at - placed_at < MOVE_WAIT + TIMINGS.poll_interval
-    ((fenced_at, _),) = world.nodes["m2"].local.fenced
+    return placed_at, world.masters.units["m3"].started_at
+
+
+def test_a_dead_node_is_replaced_counting_from_its_last_confirmation() -> None:
+    # The shipped timings (poll 10 s, move_wait 62.5 s) and SSH's 5 s connect timeout.
+    world, ssh_timeout = World(timings=Timings()), 5.0
+    long_settled(world, ssh_timeout)
+    wait, poll = move_wait(world.timings), world.timings.poll_interval
+    # m2 loses power right after its controller's cycle (0.5 s after the ACTIVE's poll):
+    # controller and scheduler gone, unreachable for the ACTIVE.
+    world.simulate(world.wake["m2"] - world.clock() - 0.01)
+    world.clock.now = world.wake["m2"]
+    world.cycle("m2")
+    assert world.wake["m1"] - world.clock() == poll - 0.5
+    world.kill("m2")
+    world.masters.units["m2"].running = False
+    world.masters.unreachable.add("m2")
+    last = confirmed(world, "m2")
+    placed_at, started_at = moved_to_m3(world, ssh_timeout)
+    # Issue 12: the wait ran while the loss was being detected (the ACTIVE's next poll,
+    # then SSH's timeout). The start came on the first poll of the ACTIVE whose read saw
+    # the metastore's clock past the last confirmation + move_wait ...
+    assert placed_at - last >= poll - 0.5 + ssh_timeout
+    assert last + wait <= started_at <= last + wait + poll + ssh_timeout
+    # ... sooner than the old rule (move_wait after the placement write) would allow.
+    assert started_at < placed_at + wait
+    assert len(world.masters.running()) == 1
+
+
+@pytest.mark.parametrize("when", ["after its cycle", "during the active's observation"])
+def test_a_node_cut_off_right_after_a_confirmation_is_never_overlapped(
+    world: World, when: str
+) -> None:
+    long_settled(world)
+    m2 = world.nodes["m2"]
+
+    def cut_off() -> None:
+        # Its read (and the confirmation written before it) succeeded; nothing after:
+        # neither its controller nor the ACTIVE reaches anything on the other side.
+        world.cycle("m2")
+        assert m2.controller.confirmed_at == world.clock()
+        m2.store.reachable = False
+        world.masters.unreachable.add("m2")
+
+    if when == "after its cycle":
+        cut_off()
+    else:
+        # Between the ACTIVE's read of the record and its placement write: the record it
+        # read misses this confirmation, which m2 counts as its right to run.
+        m1 = world.nodes["m1"].nodes
+        observe = m1.run
+
+        def confirm_then_observe(*args: object, **kwargs: object) -> dict[str, NodeStatus]:
+            if not world.masters.unreachable:
+                cut_off()
+            return observe(*args, **kwargs)  # type: ignore[arg-type]
+
+        m1.run = confirm_then_observe  # type: ignore[method-assign]
+        world.simulate(TIMINGS.poll_interval)
+    last = confirmed(world, "m2")
+    right_from = m2.controller.confirmed_at
+    assert right_from is not None and right_from <= last
+    # World.cycle checks after every cycle that at most one scheduler runs.
+    _, started_at = moved_to_m3(world)
+    ((fenced_at, why),) = m2.local.fenced
+    # At the end of its fence window (or as soon as the simulation lets it run: the
+    # ACTIVE's slow observation holds the fake clock's world for SSH_TIMEOUT).
+    assert (
+        right_from + TIMINGS.fence_after
+        <= fenced_at
+        <= right_from + TIMINGS.fence_after + SSH_TIMEOUT
+    )
+    assert "not confirmed" in why
+    # The start waited the whole bound from the confirmation, whatever the ACTIVE saw,
+    # and so after the fence plus the stop_timeout a real stop may take.
+    assert started_at >= last + MOVE_WAIT >= right_from + TIMINGS.fence_after + TIMINGS.stop_timeout
+
+
+def test_without_a_known_confirmation_the_move_waits_move_wait_since_the_write(
+    world: World,
+) -> None:
+    long_settled(world)
+    m2 = world.nodes["m2"]
+    # m2's controller records no confirmation (a version before issue 12): only the
+    # old rule is left, counted from the placement write.
+    read = m2.store.read
+    m2.store.read = lambda confirm_as=None: read()  # type: ignore[method-assign]
+    state = world.server._state
+    assert state is not None
+    del state.confirmed["m2"]
+    world.simulate(TIMINGS.poll_interval)
+    assert "m2" not in world.record().confirmations
+    world.masters.unreachable.add("m2")
+    m2.store.reachable = False
+    placed_at, started_at = moved_to_m3(world)
+    assert MOVE_WAIT <= started_at - placed_at < MOVE_WAIT + TIMINGS.poll_interval + SSH_TIMEOUT
+    ((fenced_at, _),) = m2.local.fenced
     assert fenced_at < started_at
+
+
+def test_a_node_that_still_reads_the_metastore_gets_the_wait_since_the_write(
+    world: World,
+) -> None:
+    long_settled(world)
+    # m2 is cut off from the ACTIVE only: it keeps confirming (reading), so its
+    # confirmations never age; it reads the new placement and stops by itself.
+    world.masters.unreachable.add("m2")
+    placed_at, started_at = moved_to_m3(world)
+    assert MOVE_WAIT <= started_at - placed_at < MOVE_WAIT + TIMINGS.poll_interval + SSH_TIMEOUT
+    ((fenced_at, why),) = world.nodes["m2"].local.fenced
+    assert fenced_at < started_at and why == "the placement names m3"
+
+
+def test_a_new_active_counts_the_wait_from_its_takeover(world: World) -> None:
+    long_settled(world)
+    slow_when_unreachable(world, "m3")
+    # The ACTIVE and the scheduler's node lost at once (both controllers dead, m2 cut off).
+    world.kill("m1")
+    world.kill("m2")
+    world.masters.units["m2"].running = False
+    world.masters.unreachable.update({"m1", "m2"})
+    last = confirmed(world, "m2")
+    while world.active() != "m3":
+        world.simulate(0.5)
+        assert world.clock() < last + 4 * TIMINGS.lease_ttl, world.active()
+    took_over = world.clock()
+    world.simulate(MOVE_WAIT + 3 * SSH_TIMEOUT + 2 * TIMINGS.poll_interval)
+    assert world.masters.running() == ["m3"]
+    started_at = world.masters.units["m3"].started_at
+    # The confirmation rule alone would have allowed it sooner: a start by the previous
+    # ACTIVE may still be running where it could not be seen.
+    assert last + MOVE_WAIT < took_over + MOVE_WAIT <= started_at
 
 
 def test_move_starts_at_once_when_the_old_node_is_seen_stopped(world: World) -> None:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import pytest
 
 from ha_toolkit.decisions import Decider
 from ha_toolkit.metastore import ClusterRecord
@@ -199,6 +202,80 @@ def test_start_is_safe_only_when_others_are_seen_stopped_or_after_move_wait() ->
     assert not d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 100.0)
     assert not d.safe_to_start("m2", obs(up("m1"), down("m2"), down("m3")), 129.9)
     assert d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 130.0)
+
+
+def at(seconds: float) -> datetime:
+    """The metastore's clock, `seconds` after an arbitrary origin."""
+    return datetime(2025, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+def confirmed(server_time: float, **nodes: float) -> ClusterRecord:
+    """A record read when the metastore's clock said `server_time`, with the nodes' last
+    confirmation times."""
+    return ClusterRecord(
+        scheduler_node="m2",
+        confirmations={node: at(t) for node, t in nodes.items()},
+        server_time=at(server_time),
+    )
+
+
+def test_start_is_safe_once_the_metastore_saw_move_wait_pass_since_the_last_confirmation() -> None:
+    d = decider()  # move_wait 30 s
+    d.placement_written(100.0)  # also when it took the lease: long enough ago below
+    view = obs(gone("m1"), down("m2"), down("m3"))
+    # Read at 101, after the write; m1 last confirmed at metastore time 500.
+    assert not d.safe_to_start("m2", view, 102.0, confirmed(529.9, m1=500.0), read_at=101.0)
+    assert d.start_wait("m2", view, 102.0, confirmed(529.9, m1=500.0), 101.0) == pytest.approx(0.1)
+    # The ACTIVE's clock alone (the old rule) would still wait 28 s.
+    assert d.safe_to_start("m2", view, 130.0 + 2.0, confirmed(530.0, m1=500.0), read_at=101.0)
+    # Only a move_wait after this ACTIVE took the lease, and after its last start there:
+    # a start on a node whose right had lapsed runs until its controller next looks.
+    early = decider()
+    early.placement_written(100.0)
+    early.active_since = 100.0
+    assert not early.safe_to_start("m2", view, 129.0, confirmed(600.0, m1=500.0), 101.0)
+    assert early.start_wait("m2", view, 129.0, confirmed(600.0, m1=500.0), 101.0) == 1.0
+    early.active_since = 0.0
+    early.started("m1", 110.0)
+    early.placement_written(120.0)  # moved away from m1 (the old rule: until 150)
+    assert not early.safe_to_start("m2", view, 139.0, confirmed(600.0, m1=500.0), 121.0)
+    assert early.safe_to_start("m2", view, 140.0, confirmed(600.0, m1=500.0), 121.0)
+
+
+def test_the_confirmation_rule_needs_a_record_read_after_the_placement_was_written() -> None:
+    d = decider()
+    d.placement_written(100.0)
+    view = obs(gone("m1"), down("m2"), down("m3"))
+    old = confirmed(900.0, m1=500.0)
+    # Sent before the write returned: m1 may since have confirmed the old placement
+    # with a confirmation this record does not show.
+    assert not d.safe_to_start("m2", view, 110.0, old, read_at=99.0)
+    assert d.safe_to_start("m2", view, 110.0, old, read_at=100.0)
+
+
+def test_without_a_confirmation_time_only_the_old_rule_is_left() -> None:
+    d = decider()
+    d.placement_written(100.0)
+    view = obs(gone("m1"), down("m2"), gone("m3"))
+    # m3 never recorded a confirmation (or on another clock): unknown, not clear.
+    record = confirmed(900.0, m1=500.0)
+    assert not d.safe_to_start("m2", view, 129.9, record, read_at=101.0)
+    assert d.safe_to_start("m2", view, 130.0, record, read_at=101.0)
+    # No server time (a read without confirm_as on zookeeper): the same.
+    no_clock = replace(record, server_time=None)
+    assert not d.safe_to_start("m2", view, 129.9, no_clock, read_at=101.0)
+    # m3 seen stopped instead: m1's confirmation alone decides.
+    assert d.safe_to_start("m2", obs(gone("m1"), down("m2"), down("m3")), 110.0, record, 101.0)
+
+
+def test_a_confirmation_newer_than_the_read_only_delays_the_start() -> None:
+    d = decider()
+    d.placement_written(100.0)
+    view = obs(gone("m1"), down("m2"), down("m3"))
+    # Recorded after the server time of the read (its clock set back, or a later
+    # statement): counted as it is, never as older.
+    assert not d.safe_to_start("m2", view, 110.0, confirmed(500.0, m1=510.0), 101.0)
+    assert d.start_wait("m2", view, 110.0, confirmed(500.0, m1=510.0), 101.0) == 20.0
 
 
 def test_new_placements_avoid_the_active_node_when_they_can() -> None:

@@ -61,8 +61,11 @@ def check_timings(t: Timings) -> list[str]:
 
 
 def move_wait(t: Timings) -> float:
-    """Seconds the ACTIVE waits, after writing a new placement, before it starts the scheduler
-    on the new node when the old node did not confirm its stop.
+    """Seconds the ACTIVE waits before it starts the scheduler on the new node when the old
+    node was not seen stopped: counted on the metastore's clock from the old node's last
+    recorded confirmation, or (the fallback) on the ACTIVE's clock from the placement write
+    (docs/design.md, A6). Below, the argument for the fallback; the other is the same with
+    the confirmation, recorded no earlier than the old node sent it, in place of the write.
 
     The old node's last confirmation of its placement was read before the new placement was
     written; it stops trusting that confirmation ``fence_after`` later and then needs up to
