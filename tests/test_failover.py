@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from ha_toolkit.config import MetastoreConfig
+from ha_toolkit.metastore import Metastore, open_metastore
 from tests.failover_support import (
     FAST_TIMINGS,
+    MOVE_WAIT,
     SETTLE,
     TAKEOVER,
     UNIT,
@@ -232,6 +236,65 @@ def test_node_cut_off_from_active_only_reads_placement_and_stops(ha: ControllerC
             assert code == 0, out
             node = observer.wait_single(SETTLE)
         cut_off_and_expect_move(ha, observer, node, ha.cluster.node(active).address)
+
+
+def host_store(ha: ControllerCluster) -> Metastore:
+    """A client of the controllers' metastore from the host, outside every node."""
+    spec = dict(ha.metastore)
+    if "hosts" in spec:
+        spec["hosts"] = tuple(spec["hosts"])
+    return open_metastore(
+        MetastoreConfig(**spec, password=ha.password or None, connect_timeout=2.0)
+    )
+
+
+def right_after_a_confirmation(store: Metastore, node: str, timeout: float) -> datetime:
+    """Return as soon as `node`'s controller has recorded a new confirmation (its read
+    of the record follows within milliseconds); the recorded time."""
+    before = store.read().confirmations.get(node)
+    deadline = time.monotonic() + timeout
+    while True:
+        confirmed = store.read().confirmations.get(node)
+        if confirmed is not None and confirmed != before:
+            return confirmed
+        assert time.monotonic() < deadline, f"no new confirmation by {node}"
+        time.sleep(0.01)
+
+
+def test_node_isolated_right_after_a_confirmation_is_never_overlapped(
+    ha: ControllerCluster,
+) -> None:
+    """Issue 12: the ACTIVE counts the move wait from the old node's last confirmation,
+    on the metastore's clock. Its worst case: the scheduler's node is cut off from
+    everything (the metastore and the ACTIVE) right after a confirming read, so it keeps
+    its scheduler for a whole fence window from that read's send time; the new one must
+    not start before the old one has stopped."""
+    store = host_store(ha)
+    try:
+        with ha.observed() as observer:
+            node = scheduler_node(ha)
+            active = ha.wait_active(TAKEOVER)
+            if active == node:
+                target = next(n.name for n in ha.cluster.nodes if n.name != node)
+                code, out = ha.ha("node1", f"failover --to {target} --wait 60", check=False)
+                assert code == 0, out
+                node = observer.wait_single(SETTLE)
+            # The confirmation rule applies once the ACTIVE's takeover and its last start
+            # on the node are a move_wait old (docs/design.md, A6).
+            time.sleep(MOVE_WAIT)
+            confirmed = right_after_a_confirmation(store, node, SETTLE)
+            ha.cluster.isolate(node)
+            try:
+                moved_to = observer.wait_single(SETTLE + TAKEOVER, not_on=node)
+                # The metastore runs on this host: its clock is time.time()'s.
+                moved_after = time.time() - confirmed.timestamp()
+                wait_healthy_on(ha, moved_to)
+            finally:
+                ha.cluster.heal(node)
+            assert observer.wait_single(SETTLE) == moved_to
+        assert moved_after >= MOVE_WAIT, moved_after
+    finally:
+        store.close()
 
 
 def test_metastore_outage_no_overlap_then_recovery(ha: ControllerCluster) -> None:
