@@ -92,6 +92,7 @@ test-molecule: setup wheelhouse
 # Faults on a 3-master cluster with a ZooKeeper metastore: node down, ACTIVE
 # controller SIGKILLed, node cut off; never two schedulers, no duplicate task.
 test-failover: setup wheelhouse
+	$(MOLECULE) test -s failover
 
 # A local cluster: containers labelled ha-toolkit.demo=1, the load balancer on 127.0.0.1:8080.
 demo: setup wheelhouse $(DEMO_SECRETS)
