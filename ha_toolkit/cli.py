@@ -39,6 +39,7 @@ from ha_toolkit.config import (
 from ha_toolkit.metastore import ClusterRecord, Metastore, MetastoreError, open_metastore
 from ha_toolkit.models import NodeStatus
 from ha_toolkit.nodes import InventoryError, SchedulerNodes
+from ha_toolkit.warm_ansible import WarmAnsible
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_SEVERAL = 0, 1, 2, 3
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -128,17 +129,21 @@ def cmd_controller_run(config: Config, args: argparse.Namespace) -> int:
             f"timings.fence_after ({config.timings.fence_after:g}) in {config.path}"
         )
     store = _open_store(config)
-    controller = Controller(
-        config,
-        store,
-        nodes,
-        LocalScheduler(config.node_name, config.service.unit, config.timings.stop_timeout),
-        Alerter(config.alerts),
-        Metrics(config.metrics_listen),
-    )
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: controller.stop())
-    controller.run()
+    # Every poll forks an already imported ansible-playbook (warm_ansible); the
+    # self-fencing stop (LocalScheduler) keeps the plain cold run.
+    with WarmAnsible() as warm:
+        nodes.warm = warm
+        controller = Controller(
+            config,
+            store,
+            nodes,
+            LocalScheduler(config.node_name, config.service.unit, config.timings.stop_timeout),
+            Alerter(config.alerts),
+            Metrics(config.metrics_listen),
+        )
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: controller.stop())
+        controller.run()
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """Node actions: run a playbook with ansible-runner and return typed per-host results.
 
-Nothing else in the package knows about Ansible. Results come from runner
+Nothing else in the package knows about Ansible's runs (warm_ansible only
+hosts the ansible-playbook process: the controller's runs are forked from an
+already imported one). Results come from runner
 events (never from scraping output): each host ends `ok`, `failed` or
 `unreachable`, with the number of changed tasks and the data of the last
 task whose name starts with ``Report``: its ``msg`` when that is a mapping
@@ -17,6 +19,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -29,6 +32,7 @@ from typing import Any
 import ansible_runner
 
 from ha_toolkit.models import NodeStatus
+from ha_toolkit.warm_ansible import WarmAnsible
 
 REPORT_PREFIX = "Report"
 SCHEDULER_PLAYBOOK = "scheduler.yml"
@@ -137,12 +141,18 @@ def run_playbook(
     forks: int = 10,
     data_dir: str | Path | None = None,
     cancel: Callable[[], bool] | None = None,
+    warm: WarmAnsible | None = None,
 ) -> PlaybookResult:
     """Run `playbook` (a path, or a name under ha_toolkit/playbooks) against `inventory`
-    (a file, or an inventory mapping)."""
+    (a file, or an inventory mapping); through `warm` (a forked, already imported
+    ansible-playbook) while its server runs."""
     path = Path(playbook)
     if not path.is_absolute() and not path.exists():
         path = PLAYBOOK_DIR / path
+    command: dict[str, Any] = {"playbook": str(path)}
+    if warm is not None and warm.alive:
+        binary, before = warm.runner_command(str(path))
+        command = {"binary": binary, "cmdline": shlex.join(before)}
     collector = _EventCollector()
     with tempfile.TemporaryDirectory(prefix="ha-toolkit-runner-", dir=data_dir) as private:
         envvars = {
@@ -162,7 +172,7 @@ def run_playbook(
         envvars["ANSIBLE_TIMEOUT"] = os.environ.get("ANSIBLE_TIMEOUT", "5")
         runner = ansible_runner.run(
             private_data_dir=private,
-            playbook=str(path),
+            **command,
             inventory=inventory if isinstance(inventory, dict) else str(Path(inventory).resolve()),
             limit=limit,
             extravars=extravars or {},
@@ -175,6 +185,9 @@ def run_playbook(
             # How often runner looks at cancel_callback and the timeout (default 5 s).
             settings={"pexpect_timeout": 0.25},
             json_mode=False,
+            # No jsonfile fact cache: no play gathers facts, and its per-run directory
+            # would make every run's Ansible configuration differ (see warm_ansible).
+            fact_cache_type="memory",
         )
     return PlaybookResult(str(path), runner.rc, runner.status, collector.hosts)
 
@@ -290,8 +303,10 @@ class SchedulerNodes:
         health_url: str | None,
         stop_timeout: float,
         data_dir: str | Path | None = None,
+        warm: WarmAnsible | None = None,
     ) -> None:
         self.inventory = Path(inventory)
+        self.warm = warm
         self.group = group
         self.unit = unit
         self.health_url = health_url
@@ -327,6 +342,7 @@ class SchedulerNodes:
             forks=max(len(targets), 1),
             data_dir=self.data_dir,
             cancel=cancel,
+            warm=self.warm,
         )
         statuses: dict[str, NodeStatus] = {}
         for node in targets:
