@@ -135,8 +135,11 @@ def _run_child(conn: socket.socket, fds: list[int], request: dict[str, Any]) -> 
     import threading
 
     os.setpgid(0, 0)
-    # The server's SIGTERM handler would turn a terminated run into a successful one.
+    # The server's handlers are not the run's: its SIGTERM handler would turn a
+    # terminated run into a successful one, its SIGCHLD handler would reap
+    # Ansible's own workers.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     # The server's exit handlers (its Ansible temporary directory, shared by every
     # run) are not this run's to call.
     atexit._clear()
@@ -198,11 +201,16 @@ def _reap() -> None:
 
 def serve(socket_path: str) -> None:
     """Accept requests on `socket_path` until the parent process is gone."""
+    import signal
+
     parent = os.getppid()
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(16)
     listener.settimeout(1.0)
+    # Reaped at once: a run's CPU time then counts in this process's children
+    # time as soon as the run has ended.
+    signal.signal(signal.SIGCHLD, lambda *_: _reap())
     signature: tuple[Any, ...] | None = None
     while os.getppid() == parent:
         _reap()
