@@ -63,7 +63,7 @@ def unit_state(unit: str) -> dict[str, Any]:
             "show",
             unit,
             "--property=ActiveState,SubState,MainPID,LoadState,InactiveExitTimestampMonotonic,"
-            "ExecMainStartTimestampMonotonic,NRestarts,InvocationID",
+            "ExecMainStartTimestampMonotonic,NRestarts,InvocationID,Job",
         ],
         capture_output=True,
         text=True,
@@ -71,7 +71,13 @@ def unit_state(unit: str) -> dict[str, Any]:
     ).stdout
     props = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     active_state = props.get("ActiveState", "unknown")
-    running = active_state in RUNNING_STATES
+    # A job queued for the unit (a `start --no-block` waiting for a unit it is
+    # ordered after, say) leaves it "inactive" until the job runs: it may start
+    # at any moment, so it counts as running. Seen in a fault test: a start queued
+    # behind the controller's own restart came up after a poll had observed the
+    # node stopped, and the scheduler was started elsewhere as well.
+    pending_job = bool(props.get("Job"))
+    running = active_state in RUNNING_STATES or pending_job
     # How long ago this start began, on this node's own clock: when the unit left
     # "inactive", or when systemd forked the main process again for a restart of its
     # own (Restart=: the unit never goes inactive in between). Lets the controller
@@ -81,12 +87,15 @@ def unit_state(unit: str) -> dict[str, Any]:
         int(props.get("ExecMainStartTimestampMonotonic", "0") or 0),
     )
     since_start = time.monotonic() - started_usec / 1e6 if running and started_usec else None
+    if pending_job and active_state not in RUNNING_STATES:
+        since_start = 0.0  # a start about to begin (the timestamps are an older start's)
     return {
         "active_state": active_state,
         "sub_state": props.get("SubState", "unknown"),
         "main_pid": int(props.get("MainPID", "0") or 0),
         "loaded": props.get("LoadState") == "loaded",
         "running": running,
+        "pending_job": pending_job,
         "since_start": None if since_start is None else round(since_start, 3),
         # Restarts systemd made on its own (Restart=): the controller counts a crash
         # loop it never had to repair. Reset by a start from outside (reset-failed).

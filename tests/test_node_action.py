@@ -161,3 +161,28 @@ def test_status_reports_restarts_invocation_and_health(
         "failed",
         True,
     )
+
+
+def test_a_queued_job_counts_as_a_running_scheduler(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # systemd 252 in the node image, a `start --no-block` waiting for a unit it is
+    # ordered after: inactive, dead, and a job.
+    shown = "ActiveState=inactive\nSubState=dead\nMainPID=0\nLoadState=loaded\nJob={job}\n"
+    job = "121"
+
+    def systemctl_show(argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        assert argv[:2] == ["systemctl", "show"] and argv[-1].endswith(",Job")
+        return subprocess.CompletedProcess(argv, 0, shown.format(job=job), "")
+
+    monkeypatch.setattr(node_action.subprocess, "run", systemctl_show)
+
+    def status() -> dict[str, object]:
+        argv = ["status", "--unit", "airflow-scheduler", "--state-dir", str(tmp_path)]
+        assert node_action.main(argv) == 0
+        return dict(json.loads(capsys.readouterr().out))
+
+    queued = status()
+    assert (queued["running"], queued["pending_job"], queued["since_start"]) == (True, True, 0.0)
+    job = ""
+    assert (status()["running"], status()["pending_job"]) == (False, False)
