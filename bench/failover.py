@@ -7,14 +7,25 @@ writes bench/results/failover.json with min/median/p95 per metric and backend:
   scheduler_restart_s      scheduler process SIGKILLed -> healthy again
   node_loss_s              scheduler node killed (docker kill) -> healthy elsewhere
   controller_takeover_s    ACTIVE controller SIGKILLed -> a STANDBY holds the lease
-  poll_cycle_s             one observation of 3 masters (one playbook run)
+  takeover_with_hung_scheduler_s        the ACTIVE SIGKILLed and the scheduler SIGSTOPped
+                           at once, long after its start -> a healthy scheduler again
+  takeover_with_hung_young_scheduler_s  the same, the scheduler hung right after its first
+                           healthy answer after a move (inside start_timeout)
+  node_loss_default_s      node_loss_s at the shipped default timings
+  poll_cycle_s             one observation of 3 masters (one playbook run), forked from
+                           the warm ansible-playbook as the controller runs it
+  poll_cycle_cold_s        the same from a fresh ansible-playbook (before warm_ansible)
+  poll_cpu_s, poll_cpu_cold_s  CPU of one such run (the runner, its children and the
+                           warm server), interleaved with each other
   controller_cpu_pct       ACTIVE controller + its Ansible children, % of one core,
                            at the default poll of 10 s (per-poll windows)
   controller_cpu_s_per_poll  CPU seconds per poll at the default poll
   controller_rss_mb        the controller process's RSS
+  warm_server_rss_mb       the RSS of its warm ansible-playbook server (between runs)
 
 Timing trials use poll 2 s / lease 6 s; the cost trials the default timings.
-Not a test: nothing is asserted. Usage: .venv/bin/python bench/failover.py [--trials N]
+Not a test: nothing is asserted.
+Usage: .venv/bin/python bench/failover.py [--trials N] [--default-trials N]
 """
 
 from __future__ import annotations
@@ -65,10 +76,18 @@ TARGETS = {
     "scheduler_restart_s": "p95 <= 5",
     "node_loss_s": "p95 <= 20",
     "controller_takeover_s": "p95 <= 8",
-    "poll_cycle_s": "median <= 1.0",
-    "controller_cpu_pct": "median <= 10",
+    # lease_ttl + poll + stop_timeout + about 1.5 s for the stand-in to restart
+    "takeover_with_hung_scheduler_s": "p95 <= 12.5",
+    "takeover_with_hung_young_scheduler_s": "p95 <= 12.5",
+    "node_loss_default_s": "p95 <= 30",
+    "poll_cycle_s": "median <= 0.5",
+    "poll_cycle_cold_s": None,
+    "poll_cpu_s": "median <= 0.3",
+    "poll_cpu_cold_s": None,
+    "controller_cpu_pct": "median <= 3",
     "controller_cpu_s_per_poll": None,
     "controller_rss_mb": "max <= 100",
+    "warm_server_rss_mb": None,
 }
 
 
@@ -140,24 +159,83 @@ class Bench:
         )
         return time.monotonic() - start
 
-    def poll_cycles(self, trials: int) -> list[float]:
+    def takeover_with_hung_scheduler(self, young: bool) -> float:
+        """The ACTIVE controller SIGKILLed and the scheduler SIGSTOPped (its port still
+        accepts connections) at the same moment; until a healthy scheduler runs again."""
+        node = self.scheduler()
+        holder, _ = self.holder()
+        assert holder, "no ACTIVE controller"
+        if young:
+            # A fresh start by the controller (not by systemd, whose restarts count
+            # towards the crash-loop rule): move it to the third master, and hang it
+            # right after its first healthy answer there.
+            node = next(
+                n.name for n in self.ha.cluster.nodes if n.name not in (node, holder.split("#")[0])
+            )
+            self.ha.ha(node, f"failover --to {node} --wait 60")
+            wait_for(lambda: healthy_on(self.ha, node), 60, "the moved scheduler healthy", 0.05)
+        assert holder.split("#")[0] != node, "the ACTIVE runs the scheduler"
+        hung = main_pid(self.ha, node)
+        start = time.monotonic()
+        self.ha.signal_controller(holder.split("#")[0], "KILL")
+        self.ha.cluster.node(node).exec(f"kill -s STOP {hung}")
+
+        def healthy_again() -> bool:
+            running = self.ha.observer.running()
+            return (
+                len(running) == 1
+                and main_pid(self.ha, running[0]) not in (0, hung)
+                and healthy_on(self.ha, running[0])
+            )
+
+        wait_for(healthy_again, 120, "a healthy scheduler again", interval=0.1)
+        return time.monotonic() - start
+
+    def poll_cycles(self, trials: int) -> dict[str, list[float]]:
+        """One observation of every master, as the ACTIVE runs it (forked from the warm
+        ansible-playbook) and cold (a fresh ansible-playbook), interleaved: wall time
+        and CPU (the runner's process, its children and the warm server's)."""
         holder, _ = self.holder()
         assert holder
         node = self.ha.cluster.node(holder.split("#")[0])
         script = (
-            "import time, json\n"
+            "import json, os, time\n"
             "from ha_toolkit.nodes import SchedulerNodes\n"
-            "n = SchedulerNodes('/etc/ha-toolkit/inventory.yml', 'masters', 'airflow-scheduler',"
-            " 'http://127.0.0.1:8974/health', 5)\n"
-            "out = []\n"
-            f"for _ in range({trials}):\n"
-            "    t = time.monotonic(); n.run({}, 0, 30); out.append(time.monotonic() - t)\n"
+            "from ha_toolkit.warm_ansible import WarmAnsible\n"
+            "def cpu(pid):\n"
+            "    f = open(f'/proc/{pid}/stat').read().rsplit(')', 1)[1].split()\n"
+            "    return sum(int(x) for x in f[11:15]) / os.sysconf('SC_CLK_TCK')\n"
+            "def idle(pid):\n"
+            "    end = time.monotonic() + 10\n"
+            "    while open(f'/proc/{pid}/task/{pid}/children').read().strip():\n"
+            "        assert time.monotonic() < end, 'a forked run did not end'\n"
+            "        time.sleep(0.01)\n"
+            "out = {'warm_s': [], 'cold_s': [], 'warm_cpu': [], 'cold_cpu': []}\n"
+            "with WarmAnsible() as warm:\n"
+            "    nodes = {kind: SchedulerNodes('/etc/ha-toolkit/inventory.yml', 'masters',"
+            " 'airflow-scheduler', 'http://127.0.0.1:8974/health', 5, warm=w)"
+            " for kind, w in (('warm', warm), ('cold', None))}\n"
+            "    nodes['warm'].run({}, 0, 30)  # the server imports Ansible\n"
+            f"    for _ in range({trials}):\n"
+            "        for kind, n in nodes.items():\n"
+            "            idle(warm.pid)\n"
+            "            c = cpu(os.getpid()) + cpu(warm.pid); t = time.monotonic()\n"
+            "            n.run({}, 0, 30)\n"
+            "            out[kind + '_s'].append(time.monotonic() - t)\n"
+            "            idle(warm.pid)\n"
+            "            out[kind + '_cpu'].append(cpu(os.getpid()) + cpu(warm.pid) - c)\n"
             "print(json.dumps(out))\n"
         )
         _, out = node.exec(
             f'ANSIBLE_HOME=/var/lib/ha-toolkit/ansible /opt/ha-toolkit/bin/python -c "{script}"'
         )
-        return [float(x) for x in json.loads(out.strip().splitlines()[-1])]
+        data = json.loads(out.strip().splitlines()[-1])
+        return {
+            "poll_cycle_s": data["warm_s"],
+            "poll_cycle_cold_s": data["cold_s"],
+            "poll_cpu_s": data["warm_cpu"],
+            "poll_cpu_cold_s": data["cold_cpu"],
+        }
 
     def controller_cost(self, polls: int, poll_interval: float) -> dict[str, list[float]]:
         holder, _ = self.holder()
@@ -165,19 +243,28 @@ class Bench:
         node = self.ha.cluster.node(holder.split("#")[0])
 
         def cpu_seconds() -> float:
-            # utime + stime + cutime + cstime of the controller: itself and every
-            # Ansible run it has waited for (ansible-playbook in turn waits for its
-            # forks and ssh); systemd's CPU accounting is not delegated in these
-            # containers.
+            # utime + stime + cutime + cstime of the controller and of every process
+            # under it (the warm ansible-playbook server, whose children time holds
+            # the forked runs; a run in progress): every Ansible run it has waited
+            # for. systemd's CPU accounting is not delegated in these containers.
             _, out = node.exec(
-                "cat /proc/$(systemctl show -p MainPID --value ha-toolkit-controller)/stat; "
-                "getconf CLK_TCK"
+                'python3 -c "import os\n'
+                "main = int(os.popen('systemctl show -p MainPID --value "
+                "ha-toolkit-controller').read())\n"
+                "procs = {}\n"
+                "for p in filter(str.isdigit, os.listdir('/proc')):\n"
+                "    try: f = open(f'/proc/{p}/stat').read().rsplit(')', 1)[1].split()\n"
+                "    except OSError: continue\n"
+                "    procs[int(p)] = (int(f[1]), sum(int(x) for x in f[11:15]))\n"
+                "tree, todo = set(), [main]\n"
+                "while todo:\n"
+                "    p = todo.pop(); tree.add(p)\n"
+                "    todo += [c for c, (pp, _) in procs.items() if pp == p and c not in tree]\n"
+                "print(sum(procs[p][1] for p in tree if p in procs) / os.sysconf('SC_CLK_TCK'))\""
             )
-            stat, ticks = out.strip().splitlines()
-            fields = stat.rsplit(")", 1)[1].split()
-            return sum(int(f) for f in fields[11:15]) / int(ticks)
+            return float(out.strip().splitlines()[-1])
 
-        pct, per_poll, rss = [], [], []
+        pct, per_poll, rss, server_rss = [], [], [], []
         for _ in range(polls):
             t0, c0 = time.monotonic(), cpu_seconds()
             time.sleep(poll_interval)  # a measurement window, not synchronisation
@@ -186,13 +273,20 @@ class Bench:
             pct.append(100 * cpu / (t1 - t0))
             per_poll.append(cpu * poll_interval / (t1 - t0))
             _, out = node.exec(
-                "grep VmRSS /proc/$(systemctl show -p MainPID --value ha-toolkit-controller)/status"
+                "m=$(systemctl show -p MainPID --value ha-toolkit-controller); "
+                "grep VmRSS /proc/$m/status; "
+                "for c in $(cat /proc/$m/task/*/children); do "
+                "grep -qa 'warm_ansible.serve' /proc/$c/cmdline 2>/dev/null "
+                "&& grep VmRSS /proc/$c/status; done"
             )
-            rss.append(int(out.split()[1]) / 1024)
+            values = [int(line.split()[1]) / 1024 for line in out.strip().splitlines()]
+            rss.append(values[0])
+            server_rss.append(sum(values[1:]))
         return {
             "controller_cpu_pct": pct,
             "controller_cpu_s_per_poll": per_poll,
             "controller_rss_mb": rss,
+            "warm_server_rss_mb": server_rss,
         }
 
 
@@ -230,6 +324,9 @@ def run_trials(fn: Callable[[], float], trials: int, label: str) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument(
+        "--default-trials", type=int, default=10, help="node losses at the default timings"
+    )
     parser.add_argument("--backends", default="mysql,zookeeper")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "failover.json")
     args = parser.parse_args()
@@ -255,10 +352,22 @@ def main() -> int:
                     bench.controller_takeover, args.trials, "controller takeover"
                 )
                 values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss")
-                values["poll_cycle_s"] = bench.poll_cycles(args.trials)
+                for young, metric in (
+                    (False, "takeover_with_hung_scheduler_s"),
+                    (True, "takeover_with_hung_young_scheduler_s"),
+                ):
+                    values[metric] = run_trials(
+                        lambda young=young: bench.takeover_with_hung_scheduler(young),
+                        args.trials,
+                        metric,
+                    )
+                values.update(bench.poll_cycles(args.trials))
             with controller_cluster(kind, DEFAULT, Path(tmp) / "cost") as bench:
                 bench.scheduler()
                 values.update(bench.controller_cost(args.trials, DEFAULT["poll_interval"]))
+                values["node_loss_default_s"] = run_trials(
+                    bench.node_loss, args.default_trials, "node loss at the defaults"
+                )
         results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items()}
         print(json.dumps(results[kind], indent=2), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
