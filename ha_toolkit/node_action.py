@@ -76,8 +76,9 @@ def unit_state(unit: str) -> dict[str, Any]:
     # at any moment, so it counts as running. Seen in a fault test: a start queued
     # behind the controller's own restart came up after a poll had observed the
     # node stopped, and the scheduler was started elsewhere as well.
+    active = active_state in RUNNING_STATES
     pending_job = bool(props.get("Job"))
-    running = active_state in RUNNING_STATES or pending_job
+    running = active or pending_job
     # How long ago this start began, on this node's own clock: when the unit left
     # "inactive", or when systemd forked the main process again for a restart of its
     # own (Restart=: the unit never goes inactive in between). Lets the controller
@@ -86,9 +87,10 @@ def unit_state(unit: str) -> dict[str, Any]:
         int(props.get("InactiveExitTimestampMonotonic", "0") or 0),
         int(props.get("ExecMainStartTimestampMonotonic", "0") or 0),
     )
-    since_start = time.monotonic() - started_usec / 1e6 if running and started_usec else None
-    if pending_job and active_state not in RUNNING_STATES:
-        since_start = 0.0  # a start about to begin (the timestamps are an older start's)
+    # A queued start has not begun: the timestamps are an older start's.
+    since_start = time.monotonic() - started_usec / 1e6 if active and started_usec else None
+    if pending_job and not active:
+        since_start = 0.0
     return {
         "active_state": active_state,
         "sub_state": props.get("SubState", "unknown"),

@@ -2,7 +2,8 @@
 
 Why: one poll is one run of playbooks/scheduler.yml, and most of its CPU was
 Python starting and importing Ansible (about 0.45 s of the 0.95 s a run cost on
-a demo master; a forked run costs about 0.2 s). The playbook, the inventory,
+a demo master; a forked run about 0.2 s, 0.4 s with ansible-runner and the
+client around it). The playbook, the inventory,
 the modules and the SSH connections stay exactly what they were.
 
 How: the controller starts a server (``python -m ha_toolkit.warm_ansible serve
@@ -55,8 +56,8 @@ _HEADER = struct.Struct("!I")
 _STATUS = struct.Struct("!i")
 # Environment variables that Ansible reads while it is imported, besides ANSIBLE_*.
 _IMPORT_ENV = ("HOME",)
-# What every run of playbooks/scheduler.yml imports (measured: importing more,
-# or loading the plugins' configuration as well, saved nothing measurable).
+# What every run of playbooks/scheduler.yml imports (importing more saved nothing
+# measurable; loading plugins is not safe, see the module docstring).
 _WARM_MODULES = (
     "ansible.cli.playbook",
     "ansible.executor.playbook_executor",
@@ -213,7 +214,6 @@ def serve(socket_path: str) -> None:
     signal.signal(signal.SIGCHLD, lambda *_: _reap())
     signature: tuple[Any, ...] | None = None
     while os.getppid() == parent:
-        _reap()
         try:
             conn, _ = listener.accept()
         except TimeoutError:
