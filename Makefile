@@ -120,7 +120,8 @@ $(DEMO_SECRETS):
 	@umask 077 && $(PYTHON) -c 'import base64, json, os, secrets; \
 	t = lambda: secrets.token_hex(16); \
 	print("\n".join(f"{k}: {json.dumps(v)}" for k, v in { \
-	  "postgresql_airflow_password": t(), "mysql_metastore_password": t(), \
+	  "patroni_superuser_password": t(), "patroni_replication_password": t(), \
+	  "patroni_airflow_password": t(), \
 	  "rabbitmq_erlang_cookie": secrets.token_hex(24), "rabbitmq_airflow_password": t(), \
 	  "haproxy_stats_password": t(), "airflow_jwt_secret": t(), "airflow_api_secret_key": t(), \
 	  "airflow_fernet_key": base64.urlsafe_b64encode(os.urandom(32)).decode(), \
