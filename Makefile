@@ -94,8 +94,11 @@ test-molecule: setup wheelhouse
 test-failover: setup wheelhouse
 	$(MOLECULE) test -s failover
 
-# A local cluster: containers labelled ha-toolkit.demo=1, the load balancer on 127.0.0.1:8080.
+# A local cluster, every host expendable: containers labelled ha-toolkit.demo=1,
+# the API on the virtual IP, served on 127.0.0.1:8080 by the gateway demo-gw.
 demo: setup wheelhouse $(DEMO_SECRETS)
+	@grep -q '^patroni_airflow_password:' $(DEMO_SECRETS) || { \
+		echo "$(DEMO_SECRETS) predates Patroni: run 'make demo-down' first"; exit 1; }
 	$(BIN)/ansible-playbook -i inventory/demo/hosts.yml inventory/demo/containers.yml \
 		-e demo_image="$$(cat $(BUILD)/node-image)"
 	$(MITOGEN) ANSIBLE_PIPELINING=true $(BIN)/ansible-playbook -i inventory/demo/hosts.yml \
@@ -108,7 +111,8 @@ demo: setup wheelhouse $(DEMO_SECRETS)
 	@echo "Airflow:  http://127.0.0.1:8080"
 	@echo "login:    admin / $$(sed -n 's/^airflow_admin_password: "\(.*\)"$$/\1/p' $(DEMO_SECRETS))"
 	@echo "status:   docker exec demo-m1 sudo -u ha-toolkit /opt/ha-toolkit/bin/ha-toolkit status"
-	@echo "probe:    unpause the ha_probe DAG in the UI; runs land in PostgreSQL's ha_probe_runs on demo-lb"
+	@echo "probe:    unpause the ha_probe DAG in the UI; runs land in PostgreSQL's ha_probe_runs (the primary, via the VIP)"
+	@echo "VIP:      $$(sed -n 's/^site_virtual_ip: //p' inventory/demo/group_vars/all.yml) (demo-gw forwards 127.0.0.1:8080 to it)"
 	@echo
 	@docker exec demo-m1 sudo -u ha-toolkit env HOME=/var/lib/ha-toolkit-controller \
 		/opt/ha-toolkit/bin/ha-toolkit --config /etc/ha-toolkit/controller.yml status
