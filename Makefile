@@ -15,7 +15,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 # Every tier: lint, pytest (unit and integration), then the whole cluster
 # (molecule/default: converge from bare nodes, idempotence, check, verify) and
 # its failover under faults (molecule/failover), on the local node image.
-MOLECULE := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/molecule
+# scripts/molecule-test.sh keeps each scenario's log and ends a failure with a digest.
+MOLECULE_TEST := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" bash scripts/molecule-test.sh
 # site.yml runs under Mitogen's strategy in the scenarios (.config/molecule/)
 # and in the demo; ANSIBLE_STRATEGY=linear switches it off.
 MITOGEN := ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/shared/strategy \
@@ -23,8 +24,8 @@ MITOGEN := ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/shared/strategy \
 
 test: setup lint wheelhouse
 	$(BIN)/pytest tests
-	$(MOLECULE) test -s default
-	$(MOLECULE) test -s failover
+	$(MOLECULE_TEST) default
+	$(MOLECULE_TEST) failover
 
 test-unit: $(VENV)/.stamp
 	$(BIN)/pytest -m unit tests
@@ -74,7 +75,7 @@ clean:
 # The infrastructure roles (PostgreSQL, MariaDB, ZooKeeper, RabbitMQ, HAProxy) on three node containers.
 .PHONY: test-molecule-infra
 test-molecule-infra: setup
-	$(MOLECULE) test -s infra
+	$(MOLECULE_TEST) infra
 
 # --- Provisioning: wheelhouses for offline nodes, the default Molecule scenario, the demo ---
 .PHONY: wheelhouse test-molecule test-failover demo demo-down
@@ -87,12 +88,12 @@ wheelhouse: $(VENV)/.stamp
 
 # The whole cluster (site.yml) on four containers: converge, idempotence, check, verify.
 test-molecule: setup wheelhouse
-	$(MOLECULE) test -s default
+	$(MOLECULE_TEST) default
 
 # Faults on a 3-master cluster with a ZooKeeper metastore: node down, ACTIVE
 # controller SIGKILLed, node cut off; never two schedulers, no duplicate task.
 test-failover: setup wheelhouse
-	$(MOLECULE) test -s failover
+	$(MOLECULE_TEST) failover
 
 # A local cluster, every host expendable: containers labelled ha-toolkit.demo=1,
 # the API on the virtual IP, served on 127.0.0.1:8080 by the gateway demo-gw.
