@@ -68,6 +68,11 @@ bench: setup
 bench-molecule: setup wheelhouse
 	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/python bench/molecule.py $(BENCH_ARGS)
 
+# Any one host lost, per fault (not a test): writes bench/results/ha.json.
+.PHONY: bench-ha
+bench-ha: setup wheelhouse
+	MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" $(BIN)/python bench/ha.py $(BENCH_ARGS)
+
 clean:
 	rm -rf $(VENV) $(BUILD) .pytest_cache .mypy_cache .ruff_cache
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
