@@ -16,6 +16,8 @@ probe DAG does), so no secret reaches a command line. It prints JSON.
   missed SINCE      minutes after SINCE with no scheduled run, up to the
                     latest scheduled run
   snapshot          every finished DAG run and task instance with its state
+  lost SNAPSHOT     what a snapshot (JSON) holds that is now missing or in
+                    another state
   counts            probe executions, duplicated tries, successful runs
 """
 
@@ -103,7 +105,7 @@ def main(action, *args):
             (args[0],),
         )
         return {"missed": rows[0][0]}
-    if action == "snapshot":
+    if action in ("snapshot", "lost"):
         runs = query(
             "SELECT dag_id || '/' || run_id, state FROM dag_run"
             " WHERE state IN ('success', 'failed')"
@@ -112,7 +114,17 @@ def main(action, *args):
             "SELECT dag_id || '/' || run_id || '/' || task_id || '/' || map_index, state"
             " FROM task_instance WHERE state IN ('success', 'failed', 'skipped')"
         )
-        return {"runs": dict(runs), "task_instances": dict(tis)}
+        now = {"runs": dict(runs), "task_instances": dict(tis)}
+        if action == "snapshot":
+            return now
+        before = json.loads(args[0])
+        lost = [
+            f"{key}: {state} -> {now[kind].get(key)}"
+            for kind in ("runs", "task_instances")
+            for key, state in before[kind].items()
+            if now[kind].get(key) != state
+        ]
+        return {"lost": len(lost), "examples": lost[:10]}
     if action == "counts":
         rows = query(
             "SELECT (SELECT count(*) FROM ha_probe_runs),"
