@@ -11,8 +11,10 @@ round, {n, min, median, p95, max} of
   scheduler_ok_s -> exactly one scheduler runs (elsewhere if its host is lost)
   missed_runs    scheduled minutes with no run, from the fault to that run
 
-plus `vip_host_stopped`: the master_stopped trials whose master held the VIP,
-and the counts over the whole bench: duplicates (probe tries run twice),
+plus `vip_host_stopped` and `primary_host_stopped`: the master_stopped trials
+whose master held the VIP, or PostgreSQL's primary (the API's health endpoint
+reads the database, so a lost primary shows in api_back_s too), and the
+counts over the whole bench: duplicates (probe tries run twice),
 overlap_samples (the observer's samples with two schedulers) and lost_runs
 (finished runs or task instances lost or changed: each trial asserts none, so
 a bench that finishes has 0).
@@ -45,6 +47,8 @@ TARGETS = {
     ("vip_host_stopped", "api_back_s"): "VIP move: API back <= 5 s",
     ("postgresql_primary_killed", "write_ok_s"): "writes accepted again <= 30 s",
 }
+# master_stopped trials regrouped by what the stopped master held.
+HELD_BY_STOPPED_HOST = {"vip_host_stopped": "vip_was_on", "primary_host_stopped": "primary_was_on"}
 RUN_TARGET = "a new DAG run succeeds <= 90 s"
 MISSED_TARGET = "at most 1 missed scheduled run"
 
@@ -76,8 +80,9 @@ def aggregate(rounds: list[dict[str, Any]]) -> dict[str, Any]:
         for fault, runs in faults["faults"].items():
             trials.setdefault(fault, []).extend(runs)
             if fault == "master_stopped":
-                held = [run for run in runs if run.get("vip_was_on") == run["node"]]
-                trials.setdefault("vip_host_stopped", []).extend(held)
+                for group, key in HELD_BY_STOPPED_HOST.items():
+                    held = [run for run in runs if run.get(key) == run["node"]]
+                    trials.setdefault(group, []).extend(held)
     result: dict[str, Any] = {}
     for fault, runs in trials.items():
         if not runs:

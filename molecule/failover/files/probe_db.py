@@ -9,7 +9,8 @@ Run by Airflow's Python on a node, the script on stdin:
 It takes the probe's connection URL from /etc/airflow/airflow.env (as the
 probe DAG does), so no secret reaches a command line. It prints JSON.
 
-  now               the database's clock (text, and epoch seconds)
+  now               the database's clock (text, and epoch seconds) and the
+                    server's address (the primary)
   write TAG         commit one row: the server's address and clock
   fresh SINCE       scheduled ha_probe runs started after SINCE, and the
                     first one's end (success only)
@@ -63,8 +64,10 @@ def query(sql, args=()):
 
 def main(action, *args):
     if action == "now":
-        now, epoch = query("SELECT now()::text, extract(epoch FROM now())::float8")[0]
-        return {"now": now, "epoch": epoch}
+        now, epoch, server = query(
+            "SELECT now()::text, extract(epoch FROM now())::float8, host(inet_server_addr())"
+        )[0]
+        return {"now": now, "epoch": epoch, "server": server}
     if action == "write":
         conn = connect()
         try:
