@@ -131,6 +131,7 @@ class Controller:
         self.unreachable_refused = False  # the last of them: credentials refused
         self.acquire_after: float | None = None  # see _defer_acquire
         self.handed_over_at: float | None = None  # see _hand_over
+        self.start_due_at: float | None = None  # a deferred move's start: see next_wakeup
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -170,6 +171,11 @@ class Controller:
         if self.confirmed_at is not None and self.local.running():
             # Wake exactly when this node's right to run the scheduler lapses.
             wake = min(wake, self.confirmed_at + self.fence_window)
+        due = self.start_due_at
+        if self.leader is not None and due is not None and due > cycle_started:
+            # A move waits out move_wait: poll again when it ends, not up to a poll later
+            # (the next cycle re-reads the record and re-observes before it starts).
+            wake = min(wake, due)
         return wake
 
     def shutdown(self) -> None:
@@ -391,6 +397,7 @@ class Controller:
     def _poll_active(self, record: ClusterRecord, read_at: float | None) -> None:
         assert self.leader is not None
         decider = self.leader.decider
+        self.start_due_at = None
         obs = self._run_nodes({})
         self.metrics.set_scheduler_up({n: s.serving for n, s in obs.items()})
         plan = decider.plan(record, obs, self.clock())
@@ -427,6 +434,9 @@ class Controller:
                 obs = {**obs, **self._run_nodes({plan.start: "start"}, hosts=[plan.start])}
                 decider.started(plan.start, self.clock(), plan.repair, _restarts(obs, plan.start))
             else:
+                # The wait was reckoned at the record's read: waking early is safe (the
+                # next cycle re-reads and re-decides), waking late only costs time.
+                self.start_due_at = (self.clock() if read_at is None else read_at) + wait
                 log.info(
                     "not starting on %s yet: a master may still run a scheduler "
                     "(unreachable or not confirmed stopped); %.1f s of the move wait left",
