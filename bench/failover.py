@@ -74,7 +74,7 @@ TIMING = {
 DEFAULT = {k: float(v) for k, v in vars(Timings()).items()}
 TARGETS = {
     "scheduler_restart_s": "p95 <= 5",
-    "node_loss_s": "p95 <= 20",
+    "node_loss_s": "p95 <= 10",
     "controller_takeover_s": "p95 <= 8",
     # lease_ttl + poll + stop_timeout + about 1.5 s for the stand-in to restart
     "takeover_with_hung_scheduler_s": "p95 <= 12.5",

@@ -252,7 +252,7 @@ def test_minimal_zookeeper_config(tmp_path: Path) -> None:
 def test_values_are_converted(tmp_path: Path) -> None:
     data = merged(
         logging__level="debug",
-        timings__poll_interval=5,
+        timings__poll_interval=2,
         service__health_url=None,
         metrics__listen="0.0.0.0:9108",
         inventory="inventory.yml",
@@ -260,7 +260,7 @@ def test_values_are_converted(tmp_path: Path) -> None:
     )
     config = load(tmp_path, data)
     assert config.logging.level == "DEBUG"
-    assert config.timings.poll_interval == 5.0 and isinstance(config.timings.poll_interval, float)
+    assert config.timings.poll_interval == 2.0 and isinstance(config.timings.poll_interval, float)
     assert config.service.health_url is None
     assert config.metrics_listen == "0.0.0.0:9108"
     assert config.inventory == tmp_path / "inventory.yml"  # relative to the config file
@@ -370,7 +370,7 @@ def test_timing_rules_and_move_wait() -> None:
         "timings.fence_after: must be at least timings.watchdog + 2 × "  # noqa: RUF001
         "timings.poll_interval (4 < 2.5 + 2 × 1)"  # noqa: RUF001
     ]
-    assert move_wait(Timings()) == pytest.approx((30 + 20) * 1.05 + 10)
+    assert move_wait(Timings()) == pytest.approx((9 + 5) * 1.05 + 3)
 
 
 def test_sample_config_round_trip(tmp_path: Path) -> None:
@@ -491,7 +491,7 @@ def test_airflow_cfg_migration(tmp_path: Path) -> None:
     assert values["timings"] == {
         "poll_interval": 60,
         "lease_ttl": 120,
-        "fence_after": 125,
+        "fence_after": 123,
     }
     assert values["alerts"] == {
         "after_failed_polls": 3,
@@ -580,7 +580,7 @@ def test_docs_key_tables_are_up_to_date() -> None:
 def test_docs_check_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     docs = tmp_path / "configuration.md"
     text = (REPO / "docs/configuration.md").read_text()
-    docs.write_text(text.replace("| `timings.poll_interval` | number > 0 | `10` |", "| x |"))
+    docs.write_text(text.replace("| `timings.poll_interval` | number > 0 | `3` |", "| x |"))
     assert config_docs.main([str(docs), "--check"]) == 1
     assert config_docs.main([str(docs)]) == 0
     assert docs.read_text() == text

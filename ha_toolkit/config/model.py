@@ -163,7 +163,7 @@ class MetastoreConfig:
 @dataclass(frozen=True)
 class Timings:
     poll_interval: float = field(
-        default=10.0,
+        default=3.0,
         metadata=key(
             POSITIVE,
             "Seconds between polls: the ACTIVE renews its lease, every controller re-reads "
@@ -171,14 +171,14 @@ class Timings:
         ),
     )
     lease_ttl: float = field(
-        default=30.0,
+        default=10.0,
         metadata=key(
             POSITIVE,
             "How long the ACTIVE's lease lasts without a renew; >= 2 x poll_interval.",
         ),
     )
     fence_after: float = field(
-        default=30.0,
+        default=9.0,
         metadata=key(
             POSITIVE,
             "A node's scheduler is stopped at the latest this long after its placement was "
@@ -195,11 +195,11 @@ class Timings:
         ),
     )
     stop_timeout: float = field(
-        default=20.0,
+        default=5.0,
         metadata=key(POSITIVE, "Time a scheduler may take to stop gracefully (then SIGKILL)."),
     )
     watchdog: float = field(
-        default=5.0,
+        default=3.0,
         metadata=key(POSITIVE, "systemd WatchdogSec of the controller unit; < fence_after."),
     )
     clock_drift: float = field(
