@@ -20,7 +20,7 @@ from ha_toolkit.nodes import node_action_timeout, stop_on_this_node
 
 log = logging.getLogger(__name__)
 
-NODE_ACTION = Path("/usr/local/libexec/ha-toolkit/node-action")
+NODE_ACTION = Path(node_action.INSTALL_PATH)
 
 
 def sd_notify(message: str) -> bool:

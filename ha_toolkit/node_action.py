@@ -42,6 +42,10 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+# Where the failover_controller role installs this program (the only command its sudo
+# rule allows) and keeps the fencing epoch: roles/failover_controller/vars/main.yml
+# holds the same two paths (tests/test_role_contract.py compares them).
+INSTALL_PATH = "/usr/local/libexec/ha-toolkit/node-action"
 STATE_DIR = "/var/lib/ha-toolkit"
 EPOCH_FILE = "epoch"
 # Holds the InvocationID of the unit's start last seen healthy ("healthy-<unit>").
