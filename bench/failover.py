@@ -47,6 +47,7 @@ import docker  # noqa: E402
 
 from bench.stats import summary  # noqa: E402
 from ha_toolkit.config import MetastoreConfig, Timings, move_wait  # noqa: E402
+from ha_toolkit.decisions import FLAP_WINDOW_FACTOR  # noqa: E402
 from ha_toolkit.metastore import open_metastore  # noqa: E402
 from tests.failover_support import (  # noqa: E402
     healthy_on,
@@ -95,6 +96,7 @@ class Bench:
     def __init__(self, ha: ControllerCluster, kind: str) -> None:
         self.ha = ha
         self.kind = kind
+        self.last_kill: float | None = None  # see scheduler_restart
         meta = dict(ha.metastore)
         self.store = open_metastore(
             MetastoreConfig(
@@ -116,9 +118,15 @@ class Bench:
         return scheduler_node(self.ha)
 
     def scheduler_restart(self) -> float:
+        # systemd restarting the scheduler twice within FLAP_WINDOW_FACTOR x start_timeout
+        # is a crash loop, which the ACTIVE answers by moving it (issue 10): space the
+        # kills beyond that window so that each trial is one crash, not part of a loop.
+        if self.last_kill is not None:
+            quiet = FLAP_WINDOW_FACTOR * TIMING["start_timeout"] + 2 * TIMING["poll_interval"]
+            time.sleep(max(0.0, self.last_kill + quiet - time.monotonic()))
         node = self.scheduler()
         old = main_pid(self.ha, node)
-        start = time.monotonic()
+        start = self.last_kill = time.monotonic()
         self.ha.cluster.node(node).exec(f"systemctl kill -s KILL {UNIT}")
         wait_for(
             lambda: main_pid(self.ha, node) not in (0, old) and healthy_on(self.ha, node),
