@@ -12,6 +12,10 @@ writes bench/results/failover.json with min/median/p95 per metric and backend:
   takeover_with_hung_young_scheduler_s  the same, the scheduler hung right after its first
                            healthy answer after a move (inside start_timeout)
   node_loss_default_s      node_loss_s at the shipped default timings
+  node_loss_colocated_s    the scheduler moved onto the ACTIVE's master, that master killed
+                           before the ACTIVE handed the lease over (takeover and move at
+                           once: how long co-location lasted before issue 10, for ever)
+  node_loss_after_handover_s  the same, killed once the ACTIVE handed the lease over
   poll_cycle_s             one observation of 3 masters (one playbook run), forked from
                            the warm ansible-playbook as the controller runs it
   poll_cycle_cold_s        the same from a fresh ansible-playbook (before warm_ansible)
@@ -81,6 +85,8 @@ TARGETS = {
     "takeover_with_hung_scheduler_s": "p95 <= 12.5",
     "takeover_with_hung_young_scheduler_s": "p95 <= 12.5",
     "node_loss_default_s": "p95 <= 30",
+    "node_loss_colocated_s": None,
+    "node_loss_after_handover_s": None,
     "poll_cycle_s": "median <= 0.5",
     "poll_cycle_cold_s": None,
     "poll_cpu_s": "median <= 0.3",
@@ -97,6 +103,7 @@ class Bench:
         self.ha = ha
         self.kind = kind
         self.last_kill: float | None = None  # see scheduler_restart
+        self.colocated_trials = 0
         meta = dict(ha.metastore)
         self.store = open_metastore(
             MetastoreConfig(
@@ -152,6 +159,44 @@ class Bench:
         self.ha.cluster.start(node)
         self.ha.start([node])
         return elapsed
+
+    def colocated_node_loss(self) -> tuple[str, float]:
+        """The scheduler moved onto the ACTIVE's master, which is then killed: at once,
+        or once the ACTIVE has handed the lease over (every other trial). Returns the
+        metric the state at the kill belongs to (a handover may beat the kill) and the
+        seconds until a healthy scheduler runs elsewhere."""
+        self.scheduler()
+        holder, _ = self.holder()
+        assert holder, "no ACTIVE controller"
+        node = holder.split("#")[0]
+        self.ha.ha(node, f"failover --to {node} --wait 60")
+        wait_for(lambda: healthy_on(self.ha, node), 60, "the scheduler healthy there", 0.05)
+        self.colocated_trials += 1
+        if self.colocated_trials % 2 == 0:
+
+            def handed_over() -> bool:
+                now = self.holder()[0]
+                return now is not None and now.split("#")[0] != node
+
+            wait_for(handed_over, 60, "the lease handed over", interval=0.05)
+        at_kill = self.holder()[0]
+        colocated = at_kill is not None and at_kill.split("#")[0] == node
+        start = time.monotonic()
+        self.ha.cluster.kill(node)
+        wait_for(
+            lambda: (
+                len(r := self.ha.observer.running()) == 1
+                and r[0] != node
+                and healthy_on(self.ha, r[0])
+            ),
+            120,
+            "a healthy scheduler elsewhere",
+            interval=0.1,
+        )
+        elapsed = time.monotonic() - start
+        self.ha.cluster.start(node)
+        self.ha.start([node])
+        return ("node_loss_colocated_s" if colocated else "node_loss_after_handover_s"), elapsed
 
     def controller_takeover(self) -> float:
         self.scheduler()
@@ -329,6 +374,31 @@ def run_trials(fn: Callable[[], float], trials: int, label: str) -> list[float]:
     return values
 
 
+def colocated_trials(bench: Bench, trials: int) -> dict[str, list[float]]:
+    out: dict[str, list[float]] = {"node_loss_colocated_s": [], "node_loss_after_handover_s": []}
+    for i in range(trials):
+        metric, value = bench.colocated_node_loss()
+        out[metric].append(value)
+        print(f"  {metric} {i + 1}/{trials}: {value:.2f} s", flush=True)
+    return out
+
+
+def merge_colocated(args: argparse.Namespace) -> int:
+    results = json.loads(args.out.read_text())
+    for kind in args.backends.split(","):
+        print(f"== {kind}", flush=True)
+        with (
+            tempfile.TemporaryDirectory(prefix="ha-bench-") as tmp,
+            controller_cluster(kind, TIMING, Path(tmp) / "timing") as bench,
+        ):
+            values = colocated_trials(bench, 2 * args.trials)
+        results[kind].update({m: summary(v, TARGETS[m]) for m, v in values.items() if v})
+    results["settings"]["colocated_when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    args.out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"merged into {args.out}")
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -337,7 +407,14 @@ def main() -> int:
     )
     parser.add_argument("--backends", default="mysql,zookeeper")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "failover.json")
+    parser.add_argument(
+        "--only-colocated",
+        action="store_true",
+        help="run only the co-located node-loss trials and merge them into --out",
+    )
     args = parser.parse_args()
+    if args.only_colocated:
+        return merge_colocated(args)
     results: dict[str, Any] = {
         "settings": {
             "trials": args.trials,
@@ -360,6 +437,7 @@ def main() -> int:
                     bench.controller_takeover, args.trials, "controller takeover"
                 )
                 values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss")
+                values.update(colocated_trials(bench, 2 * args.trials))
                 for young, metric in (
                     (False, "takeover_with_hung_scheduler_s"),
                     (True, "takeover_with_hung_young_scheduler_s"),
@@ -376,7 +454,7 @@ def main() -> int:
                 values["node_loss_default_s"] = run_trials(
                     bench.node_loss, args.default_trials, "node loss at the defaults"
                 )
-        results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items()}
+        results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items() if v}
         print(json.dumps(results[kind], indent=2), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2) + "\n")
