@@ -196,14 +196,16 @@ def cmd_check_config(config_path: Path, args: argparse.Namespace) -> int:
             _print_json({"valid": False, "path": str(config_path), "error": str(exc)})
         return EXIT_BAD_INPUT
     if args.json:
-        # The effective timings (defaults applied): the role sizes the units'
-        # WatchdogSec and TimeoutStopSec from them instead of repeating defaults.
+        # The effective timings and service (defaults applied): the role sizes the
+        # units' WatchdogSec and TimeoutStopSec from them and binds the scheduler's
+        # unit, instead of repeating the controller's defaults.
         _print_json(
             {
                 "valid": True,
                 "path": str(config_path),
                 "warnings": list(config.warnings),
                 "timings": dataclasses.asdict(config.timings),
+                "service": dataclasses.asdict(config.service),
             }
         )
     else:

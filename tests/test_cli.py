@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from ha_toolkit import __version__, cli
+from ha_toolkit.config import ServiceConfig
 from ha_toolkit.metastore import Lease
 from ha_toolkit.metastore.memory import MemoryMetastore, MemoryServer
 from tests.harness.mariadb import MariaDBServer
@@ -340,10 +342,13 @@ def test_check_config_ok(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     code, data, err = main_json(capsys, "check-config", "--config", str(config), "--json")
     assert (code, err) == (0, "")
     timings = data.pop("timings")
+    service = data.pop("service")
     assert data == {"valid": True, "path": str(config), "warnings": []}
     # Every timing, defaults applied: the role reads WatchdogSec and TimeoutStopSec from here.
     assert {"poll_interval", "lease_ttl", "fence_after", "watchdog", "stop_timeout"} <= set(timings)
     assert all(isinstance(value, float) for value in timings.values())
+    # The service, defaults applied: the role binds this unit to the controller's.
+    assert service == dataclasses.asdict(ServiceConfig())
 
 
 def test_check_config_bad_file_is_one_line_exit_2(
