@@ -330,7 +330,7 @@ class Bench:
                 "grep VmRSS /proc/$m/status; "
                 "for c in $(cat /proc/$m/task/*/children); do "
                 "grep -qa 'warm_ansible.serve' /proc/$c/cmdline 2>/dev/null "
-                "&& grep VmRSS /proc/$c/status; done"
+                "&& grep VmRSS /proc/$c/status; done; true"
             )
             values = [int(line.split()[1]) / 1024 for line in out.strip().splitlines()]
             rss.append(values[0])
