@@ -178,7 +178,7 @@ class Timings:
         ),
     )
     fence_after: float = field(
-        default=9.0,
+        default=11.0,
         metadata=key(
             POSITIVE,
             "A node's scheduler is stopped at the latest this long after its placement was "
@@ -199,7 +199,7 @@ class Timings:
         metadata=key(POSITIVE, "Time a scheduler may take to stop gracefully (then SIGKILL)."),
     )
     watchdog: float = field(
-        default=3.0,
+        default=5.0,
         metadata=key(POSITIVE, "systemd WatchdogSec of the controller unit; < fence_after."),
     )
     clock_drift: float = field(
