@@ -370,7 +370,7 @@ def test_timing_rules_and_move_wait() -> None:
         "timings.fence_after: must be at least timings.watchdog + 2 × "  # noqa: RUF001
         "timings.poll_interval (4 < 2.5 + 2 × 1)"  # noqa: RUF001
     ]
-    assert move_wait(Timings()) == pytest.approx((11 + 5) * 1.05 + 3)
+    assert move_wait(Timings()) == pytest.approx((11 + 3) * 1.05 + 3)
 
 
 def test_sample_config_round_trip(tmp_path: Path) -> None:

@@ -195,7 +195,7 @@ class Timings:
         ),
     )
     stop_timeout: float = field(
-        default=5.0,
+        default=3.0,
         metadata=key(POSITIVE, "Time a scheduler may take to stop gracefully (then SIGKILL)."),
     )
     watchdog: float = field(
