@@ -190,6 +190,24 @@ def test_active_controller_killed_standby_takes_over(ha: ControllerCluster) -> N
             ha.start([active])
 
 
+def test_active_on_the_schedulers_master_hands_the_lease_over(ha: ControllerCluster) -> None:
+    """Issue 10: anti-affinity that lasts. With the scheduler moved onto the ACTIVE's own
+    master, the ACTIVE gives the lease to a STANDBY on another master by itself; the
+    scheduler is not touched (the same process keeps running there)."""
+    with ha.observed() as observer:
+        scheduler_node(ha)
+        active = ha.wait_active(TAKEOVER)
+        code, out = ha.ha(active, f"failover --to {active} --wait 60", check=False)
+        assert code == 0, out
+        assert observer.wait_single(SETTLE) == active
+        wait_healthy_on(ha, active)
+        pid = main_pid(ha, active)
+        assert ha.wait_active(TAKEOVER + SETTLE, not_on=active) != active
+        polls_pass(ha, 2)  # the new ACTIVE has looked at the scheduler and left it alone
+        assert observer.running() == [active] and main_pid(ha, active) == pid
+        assert status(ha)["scheduler_node"] == active
+
+
 def test_watchdog_ends_a_hung_controller_and_its_scheduler(ha: ControllerCluster) -> None:
     with ha.observed() as observer:
         node = scheduler_node(ha)
