@@ -144,14 +144,16 @@ class Bench:
         return time.monotonic() - start
 
     def node_loss(self) -> float:
-        node = self.scheduler()
+        return self.kill_until_elsewhere(self.scheduler())
+
+    def kill_until_elsewhere(self, node: str) -> float:
+        """Kill `node`'s container; seconds until a healthy scheduler runs on another
+        master. The node is then started again with its controller."""
         start = time.monotonic()
         self.ha.cluster.kill(node)
-        found: list[str] = []
 
         def elsewhere() -> bool:
             running = self.ha.observer.running()
-            found[:] = running
             return len(running) == 1 and running[0] != node and healthy_on(self.ha, running[0])
 
         wait_for(elsewhere, 120, "a healthy scheduler elsewhere", interval=0.1)
@@ -181,21 +183,7 @@ class Bench:
             wait_for(handed_over, 60, "the lease handed over", interval=0.05)
         at_kill = self.holder()[0]
         colocated = at_kill is not None and at_kill.split("#")[0] == node
-        start = time.monotonic()
-        self.ha.cluster.kill(node)
-        wait_for(
-            lambda: (
-                len(r := self.ha.observer.running()) == 1
-                and r[0] != node
-                and healthy_on(self.ha, r[0])
-            ),
-            120,
-            "a healthy scheduler elsewhere",
-            interval=0.1,
-        )
-        elapsed = time.monotonic() - start
-        self.ha.cluster.start(node)
-        self.ha.start([node])
+        elapsed = self.kill_until_elsewhere(node)
         return ("node_loss_colocated_s" if colocated else "node_loss_after_handover_s"), elapsed
 
     def controller_takeover(self) -> float:
@@ -383,22 +371,6 @@ def colocated_trials(bench: Bench, trials: int) -> dict[str, list[float]]:
     return out
 
 
-def merge_colocated(args: argparse.Namespace) -> int:
-    results = json.loads(args.out.read_text())
-    for kind in args.backends.split(","):
-        print(f"== {kind}", flush=True)
-        with (
-            tempfile.TemporaryDirectory(prefix="ha-bench-") as tmp,
-            controller_cluster(kind, TIMING, Path(tmp) / "timing") as bench,
-        ):
-            values = colocated_trials(bench, 2 * args.trials)
-        results[kind].update({m: summary(v, TARGETS[m]) for m, v in values.items() if v})
-    results["settings"]["colocated_when"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    args.out.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"merged into {args.out}")
-    return 0
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=10)
@@ -407,14 +379,7 @@ def main() -> int:
     )
     parser.add_argument("--backends", default="mysql,zookeeper")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "failover.json")
-    parser.add_argument(
-        "--only-colocated",
-        action="store_true",
-        help="run only the co-located node-loss trials and merge them into --out",
-    )
     args = parser.parse_args()
-    if args.only_colocated:
-        return merge_colocated(args)
     results: dict[str, Any] = {
         "settings": {
             "trials": args.trials,
