@@ -132,6 +132,8 @@ class Controller:
         self.acquire_after: float | None = None  # see _defer_acquire
         self.handed_over_at: float | None = None  # see _hand_over
         self.start_due_at: float | None = None  # a deferred move's start: see next_wakeup
+        # Masters the last observation did not reach: skipped when a deferred start is due.
+        self.unreached: set[str] = set()
         self.move_wait = move_wait(self.t)
         self.stopping = threading.Event()
         self.watchdog = watchdog_interval()
@@ -397,8 +399,14 @@ class Controller:
     def _poll_active(self, record: ClusterRecord, read_at: float | None) -> None:
         assert self.leader is not None
         decider = self.leader.decider
+        # A deferred start is due: observe only the masters the last observation reached.
+        # One that was not would hold the run for SSH's connect timeout and change
+        # nothing: the decision treats an unobserved master as unreachable, and the
+        # start's safety rests on the wait (start_wait), never on observing it.
+        skip = self.unreached if self.start_due_at is not None else set()
         self.start_due_at = None
-        obs = self._run_nodes({})
+        obs = self._run_nodes({}, hosts=[m for m in self.nodes.masters if m not in skip] or None)
+        self.unreached = {n for n, s in obs.items() if not s.reachable} | skip
         self.metrics.set_scheduler_up({n: s.serving for n, s in obs.items()})
         plan = decider.plan(record, obs, self.clock())
         if plan.acts:
@@ -416,6 +424,12 @@ class Controller:
                 decider.placement_written(self.clock())
                 self.metrics.count_failover()
                 self._event("place", plan.place, f"ok: {plan.reason}")
+                if plan.start:
+                    # The confirmation rule needs a record read after the write: read it
+                    # now, so a start it allows is not put off to the fallback's wait.
+                    fresh = self._read_record()
+                    if fresh is not None:
+                        record, read_at = fresh, self.read_sent
             record = _with_placement(record, plan.place)
 
         actions = {node: "stop" for node in plan.stop}

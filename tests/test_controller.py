@@ -136,6 +136,7 @@ class FakeNodes:
         self._masters = masters
         self.masters = list(masters.units)
         self.runs: list[dict[str, str]] = []
+        self.targets: list[list[str]] = []  # the masters each run targeted
         self.run_seconds = 0.0  # how long a run takes on the clock
 
     def run(
@@ -148,6 +149,7 @@ class FakeNodes:
     ) -> dict[str, NodeStatus]:
         self.runs.append(dict(actions))
         targets = hosts if hosts is not None else self.masters
+        self.targets.append(list(targets))
         self._masters.clock.advance(self.run_seconds)
         if callable(cancel) and cancel():  # ansible-runner polls it while the run lasts
             return {
@@ -585,6 +587,37 @@ def test_at_the_shipped_timings_a_dead_node_is_replaced_within_30_s() -> None:
     world.masters.unreachable.add("m2")
     _, started_at = moved_to_m3(world, ssh_timeout)
     assert lost + move_wait(world.timings) <= started_at <= lost + 30
+    assert len(world.masters.running()) == 1
+
+
+def test_a_due_start_neither_waits_for_the_fallback_nor_for_the_dead_node() -> None:
+    # The bench's timings (poll 2 s, SSH's 5 s timeout longer than a poll). Two levers
+    # (issue 12): the placement write is followed by a read, so the confirmation rule,
+    # not the fallback (move_wait from the write), sets when the start is due; and the
+    # poll at that moment skips the master its last observation did not reach, so the
+    # start does not first sit out SSH's timeout on it.
+    timings = Timings(poll_interval=2, lease_ttl=6, fence_after=5.5, stop_timeout=3, watchdog=1.5)
+    world, ssh_timeout = World(timings=timings), 5.0
+    long_settled(world, ssh_timeout)
+    world.simulate(world.wake["m2"] - world.clock() - 0.01)
+    world.clock.now = world.wake["m2"]
+    world.cycle("m2")
+    world.kill("m2")
+    world.masters.units["m2"].running = False
+    world.masters.unreachable.add("m2")
+    last = confirmed(world, "m2")
+    m1 = world.nodes["m1"].nodes
+    runs_before = len(m1.targets)
+    placed_at, started_at = moved_to_m3(world, ssh_timeout)
+    # The write came after one slow observation; the start as soon as the metastore's
+    # clock allowed it, with no SSH timeout in between.
+    assert placed_at >= last + ssh_timeout
+    assert last + move_wait(timings) <= started_at < last + move_wait(timings) + 0.1
+    assert started_at < placed_at + move_wait(timings)  # the fallback would be later
+    runs = m1.targets[runs_before:]
+    start_run = next(i for i, r in enumerate(m1.runs[runs_before:]) if r == {"m3": "start"})
+    assert "m2" not in runs[start_run - 1]  # the observation just before the start
+    assert "m2" in runs[-1]  # and the next regular poll observes every master again
     assert len(world.masters.running()) == 1
 
 
