@@ -210,3 +210,32 @@ def test_the_server_exits_when_its_owner_dies(tmp_path: Path) -> None:
         assert not _alive(server)
     finally:
         owner.kill()
+
+
+def test_the_server_loads_the_plugins_but_never_ansible_runners_callback(
+    tmp_path: Path,
+) -> None:
+    # A run's plugins are loaded once, in the server; ansible-runner's event callback,
+    # on the callback path as under runner, is left for each run to load.
+    import ansible_runner.display_callback.callback as runner_callbacks
+
+    probe = (
+        "import os, sys\n"
+        "from ha_toolkit import warm_ansible\n"
+        "warm_ansible._warm_up(dict(os.environ), os.getcwd())\n"
+        "from ansible import constants as C\n"
+        "print(C.config.has_configuration_definition('connection', 'ssh'),\n"
+        "      C.config.has_configuration_definition('callback', 'default'),\n"
+        "      any('awx_display' in name for name in sys.modules))\n"
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_HOME": str(tmp_path / "ansible"),
+        "ANSIBLE_CALLBACK_PLUGINS": os.path.dirname(runner_callbacks.__file__),
+        "ANSIBLE_STDOUT_CALLBACK": "awx_display",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "True", "False"]
