@@ -97,6 +97,10 @@ class Leadership:
     decider: Decider
 
 
+# How soon after a cycle a deferred start may wake the loop at the earliest (seconds).
+DUE_STEP = 0.01
+
+
 class Controller:
     def __init__(
         self,
@@ -174,10 +178,11 @@ class Controller:
             # Wake exactly when this node's right to run the scheduler lapses.
             wake = min(wake, self.confirmed_at + self.fence_window)
         due = self.start_due_at
-        if self.leader is not None and due is not None and due > cycle_started:
+        if self.leader is not None and due is not None:
             # A move waits out move_wait: poll again when it ends, not up to a poll later
-            # (the next cycle re-reads the record and re-observes before it starts).
-            wake = min(wake, due)
+            # (the next cycle re-reads the record and re-observes before it starts). A
+            # wait so short that it rounds to nothing still lets the clock move on first.
+            wake = min(wake, max(due, cycle_started + DUE_STEP))
         return wake
 
     def shutdown(self) -> None:
@@ -212,6 +217,8 @@ class Controller:
     # -- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> None:
         cycle_started = self.clock()
+        # A deferred start is this cycle's to make (or to defer again): never a later one's.
+        start_due, self.start_due_at = self.start_due_at, None
         self.ping_watchdog()
         record = self._read_and_fence()
         read_at = self.read_sent  # of this record (later reads during actions move it)
@@ -224,7 +231,7 @@ class Controller:
             else:
                 self.metrics.set_paused(False)
                 try:
-                    self._poll_active(record, read_at)
+                    self._poll_active(record, read_at, start_due is not None)
                 except SteppedDown as exc:
                     self._step_down(str(exc))
             self.metrics.observe_poll(self.clock() - cycle_started)
@@ -396,15 +403,16 @@ class Controller:
                 log.error("%s on %s refused by the node: %s", action, node, st.error)
         return statuses
 
-    def _poll_active(self, record: ClusterRecord, read_at: float | None) -> None:
+    def _poll_active(
+        self, record: ClusterRecord, read_at: float | None, start_due: bool = False
+    ) -> None:
         assert self.leader is not None
         decider = self.leader.decider
         # A deferred start is due: observe only the masters the last observation reached.
         # One that was not would hold the run for SSH's connect timeout and change
         # nothing: the decision treats an unobserved master as unreachable, and the
         # start's safety rests on the wait (start_wait), never on observing it.
-        skip = self.unreached if self.start_due_at is not None else set()
-        self.start_due_at = None
+        skip = self.unreached if start_due else set()
         obs = self._run_nodes({}, hosts=[m for m in self.nodes.masters if m not in skip] or None)
         self.unreached = {n for n, s in obs.items() if not s.reachable} | skip
         self.metrics.set_scheduler_up({n: s.serving for n, s in obs.items()})
