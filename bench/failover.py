@@ -278,6 +278,15 @@ class Bench:
             "poll_cpu_cold_s": data["cold_cpu"],
         }
 
+    def print_journals(self, lines: int = 80) -> None:
+        """The controllers' last journal lines: what a failed trial leaves to read."""
+        for node in self.ha.cluster.nodes:
+            _, out = node.exec(
+                f"journalctl -u ha-toolkit-controller -o short-precise --no-pager | tail -{lines}",
+                check=False,
+            )
+            print(f"----- {node.name}\n{out}", flush=True)
+
     def controller_cost(self, polls: int, poll_interval: float) -> dict[str, list[float]]:
         holder, _ = self.holder()
         assert holder
@@ -354,10 +363,17 @@ def controller_cluster(kind: str, timings: dict[str, float], tmp: Path) -> Itera
             pass
 
 
-def run_trials(fn: Callable[[], float], trials: int, label: str) -> list[float]:
+def run_trials(
+    fn: Callable[[], float], trials: int, label: str, bench: Bench | None = None
+) -> list[float]:
     values = []
     for i in range(trials):
-        values.append(fn())
+        try:
+            values.append(fn())
+        except Exception:
+            if bench is not None:
+                bench.print_journals()
+            raise
         print(f"  {label} {i + 1}/{trials}: {values[-1]:.2f} s", flush=True)
     return values
 
@@ -396,12 +412,12 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="ha-bench-") as tmp:
             with controller_cluster(kind, TIMING, Path(tmp) / "timing") as bench:
                 values["scheduler_restart_s"] = run_trials(
-                    bench.scheduler_restart, args.trials, "scheduler restart"
+                    bench.scheduler_restart, args.trials, "scheduler restart", bench
                 )
                 values["controller_takeover_s"] = run_trials(
-                    bench.controller_takeover, args.trials, "controller takeover"
+                    bench.controller_takeover, args.trials, "controller takeover", bench
                 )
-                values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss")
+                values["node_loss_s"] = run_trials(bench.node_loss, args.trials, "node loss", bench)
                 values.update(colocated_trials(bench, 2 * args.trials))
                 for young, metric in (
                     (False, "takeover_with_hung_scheduler_s"),
@@ -411,13 +427,14 @@ def main() -> int:
                         lambda young=young: bench.takeover_with_hung_scheduler(young),
                         args.trials,
                         metric,
+                        bench,
                     )
                 values.update(bench.poll_cycles(args.trials))
             with controller_cluster(kind, DEFAULT, Path(tmp) / "cost") as bench:
                 bench.scheduler()
                 values.update(bench.controller_cost(args.trials, DEFAULT["poll_interval"]))
                 values["node_loss_default_s"] = run_trials(
-                    bench.node_loss, args.default_trials, "node loss at the defaults"
+                    bench.node_loss, args.default_trials, "node loss at the defaults", bench
                 )
         results[kind] = {m: summary(v, TARGETS[m]) for m, v in values.items() if v}
         print(json.dumps(results[kind], indent=2), flush=True)
