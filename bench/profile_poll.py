@@ -15,8 +15,8 @@ the warm ansible-playbook. Writes bench/results/poll_profile.json:
                                  started on the node for it)
                      plugins     command, with the server loading the run's plugins once
                      shipped     raw and plugins
-  event_files      ansible-runner keeping every event as a JSON file (as before) or none
-                   (as shipped); CPU per run, median
+  event_files      a lever tried and dropped (no measurable gain): ansible-runner keeping
+                   every event as a JSON file (as shipped) or none; CPU per run, median
   controller_top   the controller side's functions by own time (cProfile over the trials)
 
 Not a test: nothing is asserted. Usage: .venv/bin/python bench/profile_poll.py [--trials N]
@@ -78,11 +78,11 @@ def idle(pid):
         assert time.monotonic() < end, 'a forked run did not end'
         time.sleep(0.01)
 
-keep_none = nodes._EventCollector.__call__  # as shipped: no job_events file
+keep_all = nodes._EventCollector.__call__  # as shipped: runner keeps every event
 
-def keep_all(self, event):
-    keep_none(self, event)
-    return True  # ansible-runner writes the event's job_events file as well
+def keep_none(self, event):
+    keep_all(self, event)
+    return False  # ansible-runner writes no job_events file for it
 
 def scheduler_nodes(warm):
     n = SchedulerNodes('/etc/ha-toolkit/inventory.yml', 'masters', 'airflow-scheduler',
@@ -127,7 +127,7 @@ with WarmAnsible() as warm, ImportOnly() as cold_plugins:
         for kind, handler in (('keep_all_s', keep_all), ('keep_none_s', keep_none)):
             nodes._EventCollector.__call__ = handler
             out[kind].append(measure(loaded, warm)[0])
-        nodes._EventCollector.__call__ = keep_none
+        nodes._EventCollector.__call__ = keep_all
 stats = pstats.Stats(profile)
 top = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
 out['controller_top'] = [

@@ -98,7 +98,7 @@ class _EventCollector:
         data = event.get("event_data") or {}
         host = data.get("host")
         if not host or not kind.startswith("runner_on_"):
-            return False
+            return True
         res = data.get("res") or {}
         with self.lock:
             result = self._host(host)
@@ -113,9 +113,7 @@ class _EventCollector:
             elif kind == "runner_on_unreachable":
                 result.status = "unreachable"
                 result.message = _short(res)
-        # Everything needed is folded in above: runner writes no job_events file for the
-        # event (its run directory is deleted afterwards anyway), which saves CPU per poll.
-        return False
+        return True  # keep the event in runner's own record as well
 
 
 def _report(res: dict[str, Any]) -> dict[str, Any]:
