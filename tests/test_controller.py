@@ -535,6 +535,19 @@ def moved_to_m3(world: World, ssh_timeout: float = SSH_TIMEOUT) -> tuple[float, 
     return placed_at, world.masters.units["m3"].started_at
 
 
+def lost_right_after_its_cycle(world: World, node: str) -> float:
+    """`node` loses power right after its controller's cycle (its confirmation): controller
+    and scheduler gone, unreachable for the ACTIVE. Returns when, on the fake clock."""
+    world.simulate(world.wake[node] - world.clock() - 0.01)
+    world.clock.now = world.wake[node]
+    world.cycle(node)
+    lost = world.clock()
+    world.kill(node)
+    world.masters.units[node].running = False
+    world.masters.unreachable.add(node)
+    return lost
+
+
 # The shipped timings before issue 12 (move_wait 62.5 s): a poll longer than SSH's timeout.
 POLL_10S = Timings(poll_interval=10, lease_ttl=30, fence_after=30, stop_timeout=20, watchdog=5)
 
@@ -544,15 +557,9 @@ def test_a_dead_node_is_replaced_counting_from_its_last_confirmation() -> None:
     world, ssh_timeout = World(timings=POLL_10S), 5.0
     long_settled(world, ssh_timeout)
     wait, poll = move_wait(world.timings), world.timings.poll_interval
-    # m2 loses power right after its controller's cycle (0.5 s after the ACTIVE's poll):
-    # controller and scheduler gone, unreachable for the ACTIVE.
-    world.simulate(world.wake["m2"] - world.clock() - 0.01)
-    world.clock.now = world.wake["m2"]
-    world.cycle("m2")
+    # m2 loses power right after its controller's cycle (0.5 s after the ACTIVE's poll).
+    lost_right_after_its_cycle(world, "m2")
     assert world.wake["m1"] - world.clock() == poll - 0.5
-    world.kill("m2")
-    world.masters.units["m2"].running = False
-    world.masters.unreachable.add("m2")
     last = confirmed(world, "m2")
     placed_at, started_at = moved_to_m3(world, ssh_timeout)
     # Issue 12: the wait ran while the loss was being detected (the ACTIVE's next poll,
@@ -578,14 +585,8 @@ def test_at_the_shipped_timings_a_dead_node_is_replaced_within_30_s() -> None:
     # comes when the wait ends (17.7 s): the poll that starts it skips the dead node.
     world, ssh_timeout = World(timings=Timings()), 5.0
     long_settled(world, ssh_timeout)
-    world.simulate(world.wake["m2"] - world.clock() - 0.01)
-    world.clock.now = world.wake["m2"]
-    world.cycle("m2")
-    lost = world.clock()
+    lost = lost_right_after_its_cycle(world, "m2")
     assert confirmed(world, "m2") == lost
-    world.kill("m2")
-    world.masters.units["m2"].running = False
-    world.masters.unreachable.add("m2")
     _, started_at = moved_to_m3(world, ssh_timeout)
     wait = move_wait(world.timings)
     assert lost + wait <= started_at <= lost + wait + 2 * DUE_STEP < lost + 30
@@ -601,12 +602,7 @@ def test_a_due_start_neither_waits_for_the_fallback_nor_for_the_dead_node() -> N
     timings = Timings(poll_interval=2, lease_ttl=6, fence_after=5.5, stop_timeout=3, watchdog=1.5)
     world, ssh_timeout = World(timings=timings), 5.0
     long_settled(world, ssh_timeout)
-    world.simulate(world.wake["m2"] - world.clock() - 0.01)
-    world.clock.now = world.wake["m2"]
-    world.cycle("m2")
-    world.kill("m2")
-    world.masters.units["m2"].running = False
-    world.masters.unreachable.add("m2")
+    lost_right_after_its_cycle(world, "m2")
     last = confirmed(world, "m2")
     m1 = world.nodes["m1"].nodes
     runs_before = len(m1.targets)
