@@ -189,7 +189,7 @@ class Controller:
         sd_notify("STOPPING=1")
         if self.leader is not None:
             try:
-                self.store.release(self.leader.lease)
+                self._metastore().release(self.leader.lease)
                 log.info("released the lease (epoch %d) on shutdown", self.leader.lease.epoch)
             except MetastoreError as exc:
                 log.warning("could not release the lease on shutdown: %s", exc)
@@ -213,6 +213,15 @@ class Controller:
         if stale:
             return
         sd_notify("WATCHDOG=1")
+
+    def _metastore(self) -> Metastore:
+        """The metastore, with the watchdog fed first: each call then has the whole
+        watchdog interval to itself, and gives up after metastore.connect_timeout,
+        which the config keeps a second below it. Calls in a row (read, heartbeat,
+        renew) would otherwise add up, and a slow metastore would get a healthy
+        controller killed and restarted, again and again."""
+        self.ping_watchdog()
+        return self.store
 
     # -- one cycle ---------------------------------------------------------------------------
     def cycle(self) -> None:
@@ -244,7 +253,7 @@ class Controller:
         record = self._read_record()
         if record is not None:
             try:
-                self.store.heartbeat(self.identity)
+                self._metastore().heartbeat(self.identity)
             except MetastoreError as exc:
                 log.debug("heartbeat not recorded: %s", exc)
         if local_running:
@@ -263,7 +272,7 @@ class Controller:
         from that, which is never earlier than `sent`."""
         sent = self.clock()
         try:
-            record = self.store.read(confirm_as=self.me)
+            record = self._metastore().read(confirm_as=self.me)
         except MetastoreError as exc:
             self._note_unreachable(exc)
             return None
@@ -279,7 +288,7 @@ class Controller:
     def _renew(self, during: str = "") -> None:
         assert self.leader is not None
         try:
-            self.leader.lease = self.store.renew(self.leader.lease)
+            self.leader.lease = self._metastore().renew(self.leader.lease)
         except MetastoreError as exc:
             self.metrics.count_renew_failure()
             self._step_down(f"lease renew failed{during}: {exc}")
@@ -315,7 +324,7 @@ class Controller:
         if self._defer_acquire(record):
             return
         try:
-            lease = self.store.acquire(self.identity, self.t.lease_ttl)
+            lease = self._metastore().acquire(self.identity, self.t.lease_ttl)
         except MetastoreError as exc:
             log.debug("cannot try the lease: %s", exc)
             return
@@ -425,7 +434,7 @@ class Controller:
         if plan.place is not None:
             self._budget()
             try:
-                self.store.write_placement(self.leader.lease, plan.place, plan.failed_nodes)
+                self._metastore().write_placement(self.leader.lease, plan.place, plan.failed_nodes)
             except LeaseLost as exc:
                 raise SteppedDown(f"placement write refused: {exc}") from exc
             if plan.place != record.scheduler_node:
@@ -498,7 +507,7 @@ class Controller:
         lease = self.leader.lease
         self._event("handover", self.me, f"ok: the scheduler runs here; {elsewhere[0]} is alive")
         try:
-            self.store.release(lease)
+            self._metastore().release(lease)
         except MetastoreError as exc:
             log.warning("could not hand the lease over: %s", exc)
             return
@@ -517,7 +526,7 @@ class Controller:
     ) -> None:
         assert self.leader is not None
         try:
-            self.store.finish_poll(self.leader.lease, clear_failover=plan.clear_failover)
+            self._metastore().finish_poll(self.leader.lease, clear_failover=plan.clear_failover)
         except LeaseLost as exc:
             self._step_down(f"poll record refused: {exc}")
             return
@@ -544,7 +553,7 @@ class Controller:
     def _event(self, action: str, node: str | None, result: str) -> None:
         epoch = self.leader.lease.epoch if self.leader else 0
         try:
-            self.store.append_event(Event(self.identity, epoch, action, node, result))
+            self._metastore().append_event(Event(self.identity, epoch, action, node, result))
         except MetastoreError as exc:
             log.debug("event not recorded (%s): %s %s %s", exc, action, node, result)
 

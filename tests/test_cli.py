@@ -51,7 +51,7 @@ def write_config(tmp_path: Path, **overrides: object) -> Path:
             "type": "mysql",
             "dsn": f"mysql://ha@127.0.0.1:{free_port()}/ha_toolkit",
             "password_file": str(password),
-            "connect_timeout": 1,
+            "connect_timeout": 0.5,
         },
         "timings": {"poll_interval": 0.5, "lease_ttl": 2, "fence_after": 2.5, "watchdog": 1},
     }
@@ -80,6 +80,8 @@ BAD_CONFIGS = [
     ({"alerts__after_failed_polls": True}, "alerts.after_failed_polls"),
     ({"alerts__smtp": {"host": "mail"}}, "alerts.smtp.to"),
     ({"metastore__password": "inline-too"}, "metastore.password"),
+    # A call that may outlast the watchdog fed just before it.
+    ({"metastore__connect_timeout": 1}, "metastore.connect_timeout"),
 ]
 
 

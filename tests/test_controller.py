@@ -10,6 +10,7 @@ the fault tests check from outside after every cycle: never two schedulers.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -486,10 +487,45 @@ def test_watchdog_is_not_fed_once_the_placement_is_stale(world: World, notified:
     m2.controller.ping_watchdog()
     m3.controller.ping_watchdog()
     assert pings(notified) == 1  # m2 runs a scheduler on a stale placement: starve
-    world.cycle("m2")  # a loop that still runs fences itself (its first ping starved)
-    assert m2.local.fenced and pings(notified) == 0
-    m2.controller.ping_watchdog()  # and, its scheduler stopped, is fed again between cycles
+    # A loop that still runs fences itself and, its scheduler stopped, is fed again:
+    # by the metastore calls after the fence in the same cycle, and between cycles.
+    world.cycle("m2")
+    assert m2.local.fenced and pings(notified) >= 1
+    m2.controller.ping_watchdog()
     assert pings(notified) == 1
+
+
+def test_each_metastore_call_is_fed_its_own_watchdog_interval(
+    world: World, notified: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A slow metastore whose every call takes most of the watchdog interval: the ACTIVE's
+    cycle makes several calls in a row (read, heartbeat, renew, finish), and systemd must
+    never see a gap between pings as long as two of them."""
+    world.settled()
+    active = world.nodes[(world.record().holder or "").split("#")[0]]
+    fed_at: list[float] = []
+
+    def sd_notify(message: str) -> bool:
+        if message == "WATCHDOG=1":
+            fed_at.append(world.clock.now)
+        return True
+
+    monkeypatch.setattr(controller_module, "sd_notify", sd_notify)
+    slow = 0.8 * TIMINGS.watchdog
+    for name in ("read", "heartbeat", "renew", "finish_poll"):
+        call = getattr(active.store, name)
+
+        def slowed(*args: object, _call: Callable[..., object] = call, **kwargs: object) -> object:
+            world.clock.advance(slow)
+            return _call(*args, **kwargs)
+
+        monkeypatch.setattr(active.store, name, slowed)
+    started = world.clock.now
+    active.controller.cycle()
+    assert world.clock.now - started >= 4 * slow  # four slow calls in one cycle
+    assert world.record().holder == active.controller.identity  # the lease was renewed
+    gaps = [b - a for a, b in zip([started, *fed_at], [*fed_at, world.clock.now], strict=True)]
+    assert max(gaps) <= slow + 1e-9
 
 
 # -- moves --------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -567,6 +568,24 @@ class TestZooKeeper(_Contract):
             password=SECRET,
             connect_timeout=0.5,
         )
+
+    def test_a_server_that_never_answers_costs_one_timeout(self) -> None:
+        """A listener that accepts and never answers holds kazoo's connection thread for
+        the session timeout (10 s here); the call still ends by its own deadline."""
+        with socket.socket() as silent:
+            silent.bind(("127.0.0.1", 0))
+            silent.listen()
+            config = MetastoreConfig(
+                type="zookeeper",
+                hosts=(f"127.0.0.1:{silent.getsockname()[1]}",),
+                connect_timeout=0.5,
+            )
+            store = open_metastore(config)
+            started = time.monotonic()
+            with pytest.raises(MetastoreError, match=r"no session within 0\.5 s"):
+                store.read()
+            store.close()
+            assert time.monotonic() - started < config.connect_timeout + 2
 
     def lose_lease(self, store: Metastore) -> None:
         # The standard way to expire a ZooKeeper session: attach a second client to

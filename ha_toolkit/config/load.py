@@ -256,9 +256,18 @@ def _build(raw: Mapping[Any, Any], path: Path, env: Mapping[str, str]) -> Config
     top: dict[str, Any] = {k: v[k] for k in ("node_name", "masters_group") if k in v}
     if "inventory" in v:
         top["inventory"] = _resolve(base, v["inventory"])
+    metastore = _metastore(v.get("metastore") or {}, base, env)
+    if not metastore.connect_timeout < timings.watchdog:
+        # A call that waits out its timeout must end before the watchdog that was fed
+        # just before it fires, or a slow metastore restarts a healthy controller.
+        raise Problem(
+            f"must be less than timings.watchdog ({metastore.connect_timeout:g} >= "
+            f"{timings.watchdog:g})",
+            "metastore.connect_timeout",
+        )
     return Config(
         path=path,
-        metastore=_metastore(v.get("metastore") or {}, base, env),
+        metastore=metastore,
         timings=timings,
         service=ServiceConfig(**(v.get("service") or {})),
         alerts=AlertsConfig(

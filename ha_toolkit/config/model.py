@@ -152,8 +152,12 @@ class MetastoreConfig:
         ),
     )
     connect_timeout: float = field(
-        default=5.0,
-        metadata=key(POSITIVE, "Seconds to wait for a connection or an answer."),
+        default=3.0,
+        metadata=key(
+            POSITIVE,
+            "Seconds one metastore call may wait for a connection and its answers before "
+            "it fails; < timings.watchdog (the controller feeds the watchdog between calls).",
+        ),
     )
     tls: TLSConfig = field(
         default_factory=TLSConfig, metadata=section(TLSConfig, "TLS to the metastore.")

@@ -32,6 +32,7 @@ a record read with ``confirm_as`` (the ACTIVE then falls back to its own clock).
 from __future__ import annotations
 
 import json
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -103,6 +104,23 @@ def is_access_denied(exc: BaseException) -> bool:
     return isinstance(exc, NoAuthError | AuthFailedError)
 
 
+def _discard(client: Any, wait: bool = False) -> None:
+    """Stop and close a kazoo client, best effort (the server expires its session
+    anyway). kazoo's stop() joins its connection thread, which may be blocked
+    connecting to an unreachable host for the whole session timeout: unless `wait`,
+    that happens on a thread of its own."""
+
+    def stop() -> None:
+        with suppress(Exception):
+            client.stop()
+            client.close()
+
+    if wait:
+        stop()
+    else:
+        threading.Thread(target=stop, name="kazoo-discard", daemon=True).start()
+
+
 def _refused(result: object) -> bool:
     """Whether a transaction's own failing operation was this one (not a rollback)."""
     return isinstance(result, Exception) and not isinstance(result, RolledBackError)
@@ -139,6 +157,9 @@ class ZooKeeperMetastore(Metastore):
         self._hosts = ",".join(config.hosts)
         self._credentials = credentials(config)
         self._timeout = config.connect_timeout
+        # Each call (the session it may have to start, and every request) ends by this
+        # deadline: the controller feeds systemd's watchdog only between calls.
+        self._deadline = 0.0
         self._root = f"/{root}"
         self._lock = f"{self._root}/lock"
         self._record = f"{self._root}/record"
@@ -162,6 +183,8 @@ class ZooKeeperMetastore(Metastore):
 
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
+        """One call: its deadline starts, and kazoo's errors become MetastoreErrors."""
+        self._deadline = time.monotonic() + self._timeout
         try:
             yield
         except MetastoreError:
@@ -202,18 +225,14 @@ class ZooKeeperMetastore(Metastore):
         self._watch_negotiation(session)
         client.add_listener(session.on_state)
         try:
-            client.start_async().wait(timeout=self._timeout)
+            client.start_async().wait(timeout=self._left())
             # As KazooClient.start(), but look at why before closing: kazoo gives up on
             # a session whose authentication failed, and start() would call that a timeout.
             auth_failed = client.client_state == KeeperState.AUTH_FAILED
             if not client.connected:
                 raise AuthFailedError() if auth_failed else KazooTimeoutError("Connection time-out")
         except (KazooException, KazooTimeoutError, OSError) as exc:
-            try:
-                client.stop()
-                client.close()
-            except Exception:
-                pass
+            _discard(client)
             detail = str(exc) or type(exc).__name__
             if is_access_denied(exc):
                 raise MetastoreAuthError(
@@ -261,14 +280,17 @@ class ZooKeeperMetastore(Metastore):
         session, self._session = self._session, None
         self._forget_node()
         if session is not None:
-            try:
-                session.client.stop()
-                session.client.close()
-            except Exception:  # closing is best effort; the server expires it anyway
-                pass
+            # A connected session closes at once (its ephemeral znodes go with it);
+            # a suspended one may have kazoo's thread stuck connecting to a host that
+            # is gone, for up to the session timeout: that one closes in the background.
+            _discard(session.client, wait=not session.suspended)
+
+    def _left(self) -> float:
+        """Seconds left of this call (none left: waits only for what is already there)."""
+        return max(0.0, self._deadline - time.monotonic())
 
     def _wait(self, result: Any) -> Any:
-        return result.get(timeout=self._timeout)
+        return result.get(timeout=self._left())
 
     def _forget_node(self) -> None:
         self._node = None

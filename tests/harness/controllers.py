@@ -98,13 +98,16 @@ class ControllerCluster:
             node.exec("systemctl daemon-reload")
 
     def config(self, node: Node) -> dict[str, Any]:
+        # Half the watchdog (the config refuses a timeout that is not below it): a call
+        # that waits out its timeout still ends well before the watchdog fires.
+        metastore = {"connect_timeout": self.timings["watchdog"] / 2, **self.metastore}
+        if self.password:
+            metastore["password_file"] = f"{CONFIG_DIR}/metastore.password"
         return {
             "node_name": node.name,
             "inventory": f"{CONFIG_DIR}/inventory.yml",
             "masters_group": "masters",
-            "metastore": {**self.metastore, "password_file": f"{CONFIG_DIR}/metastore.password"}
-            if self.password
-            else self.metastore,
+            "metastore": metastore,
             "timings": self.timings,
             "service": {"unit": UNIT, "health_url": "http://127.0.0.1:8974/health"},
             "logging": {"level": "DEBUG"},
