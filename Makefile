@@ -13,8 +13,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 .PHONY: test test-unit test-integration lint setup apt docker image clean bench
 
 # Every tier: lint, pytest (unit and integration), then the whole cluster
-# (molecule/default: converge from bare nodes, idempotence, check, verify) and
-# its failover under faults (molecule/failover), on the local node image.
+# (molecule/default: converge from bare nodes, idempotence, check, verify, then
+# the fault suite on the same cluster), on the local node image.
 # scripts/molecule-test.sh keeps each scenario's log and ends a failure with a digest.
 MOLECULE_TEST := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" bash scripts/molecule-test.sh
 # site.yml runs under Mitogen's strategy in the scenarios (.config/molecule/)
@@ -25,7 +25,6 @@ MITOGEN := ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/shared/strategy \
 test: setup lint wheelhouse
 	$(BIN)/pytest tests
 	$(MOLECULE_TEST) default
-	$(MOLECULE_TEST) failover
 
 test-unit: $(VENV)/.stamp
 	$(BIN)/pytest -m unit tests
@@ -83,7 +82,7 @@ test-molecule-infra: setup
 	$(MOLECULE_TEST) infra
 
 # --- Provisioning: wheelhouses for offline nodes, the default Molecule scenario, the demo ---
-.PHONY: wheelhouse test-molecule test-failover demo demo-down
+.PHONY: wheelhouse test-molecule demo demo-down
 DEMO_SECRETS := $(BUILD)/demo/secrets.yml
 
 # Wheels for the nodes, cached under .build (each rebuilt only when its inputs change).
@@ -91,14 +90,12 @@ wheelhouse: $(VENV)/.stamp
 	@bash scripts/airflow-wheelhouse.sh
 	@bash scripts/controller-wheelhouse.sh
 
-# The whole cluster (site.yml) on four containers: converge, idempotence, check, verify.
+# The whole cluster (site.yml) on five containers: converge, idempotence, check,
+# verify, then any one host lost in turn (masters, PostgreSQL primary, ZooKeeper
+# leader, RabbitMQ node, worker, a node cut off): never two schedulers, no
+# duplicate task, nothing committed lost.
 test-molecule: setup wheelhouse
 	$(MOLECULE_TEST) default
-
-# Faults on a 3-master cluster with a ZooKeeper metastore: node down, ACTIVE
-# controller SIGKILLed, node cut off; never two schedulers, no duplicate task.
-test-failover: setup wheelhouse
-	$(MOLECULE_TEST) failover
 
 # A local cluster, every host expendable: containers labelled ha-toolkit.demo=1,
 # the API on the virtual IP, served on 127.0.0.1:8080 by the gateway demo-gw.
