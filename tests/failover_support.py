@@ -111,6 +111,16 @@ def scheduler_node(ha: ControllerCluster) -> str:
     return node
 
 
+def notices_so_far(ha: ControllerCluster) -> int:
+    """The notices the webhook has received, counted once an earlier test's incident has
+    had its recovery sent. An incident stays open until the scheduler has been healthy
+    for recovery_after (2 s here, three 1 s polls), which scheduler_node's two polls do
+    not cover: seen, a killed-scheduler test's alert answered by a recovery inside the
+    next test, which counts its own notices."""
+    polls_pass(ha, 3)
+    return len(ha.webhook.subjects())  # type: ignore[attr-defined]
+
+
 def healthy_on(ha: ControllerCluster, node: str) -> bool:
     """The scheduler's health URL on `node` answers 2xx right now."""
     code, _ = ha.cluster.node(node).exec("curl -fsS -m 1 http://127.0.0.1:8974/health", check=False)

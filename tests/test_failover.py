@@ -32,6 +32,7 @@ from tests.failover_support import (
     ZooKeeperCluster,
     controller_cluster_fixture,
     main_pid,
+    notices_so_far,
     polls_pass,
     scheduler_node,
     status,
@@ -111,7 +112,7 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
         node = scheduler_node(ha)
         broken = ha.cluster.node(node)
         hook = ha.webhook  # type: ignore[attr-defined]
-        sent = len(hook.subjects())
+        sent = notices_so_far(ha)
         broken.put_file(
             f"/run/systemd/system/{UNIT}.service.d/broken.conf",
             b"[Service]\nExecStart=\nExecStart=/bin/false\n",
@@ -122,14 +123,16 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
             moved_to = observer.wait_single(SETTLE + 2 * FAST_TIMINGS["start_timeout"], not_on=node)
             wait_healthy_on(ha, moved_to)
             assert node in status(ha)["failed_nodes"]
-            # One alert for the incident, then one recovery, through the real webhook.
-            wait_for(
-                lambda: any("recovered" in m for m in hook.subjects()[sent:]),
-                SETTLE,
-                "the recovery message",
-            )
+            # At most one alert for the incident, answered by one recovery, through the
+            # real webhook. None when the move came within after_failed_polls (2): the
+            # start just before (the previous test's restart) counts as a recent repair,
+            # and the first poll that sees the unit fail then moves it at once.
+            polls_pass(ha, 4)  # past the recovery settle period (2 s in these tests)
             news = hook.subjects()[sent:]
-            assert len(news) == 2 and "no healthy scheduler" in news[0], news
+            alerted = [i for i, m in enumerate(news) if "no healthy scheduler" in m]
+            recovered = [i for i, m in enumerate(news) if "recovered" in m]
+            assert len(alerted) <= 1 and len(recovered) == len(alerted), news
+            assert alerted <= recovered, news  # the alert first
             assert WEBHOOK_TOKEN not in ha.dump_logs()
         finally:
             broken.exec(
@@ -340,7 +343,7 @@ def test_crash_loop_under_systemd_moves_the_scheduler(ha: ControllerCluster) -> 
     with ha.observed() as observer:
         node = scheduler_node(ha)
         hook = ha.webhook  # type: ignore[attr-defined]
-        sent = len(hook.subjects())
+        sent = notices_so_far(ha)
         looping = ha.cluster.node(node)
         # Every 3 s: slower than systemd's restart (RestartSec=1), within its start
         # limit (5 in 10 s), and two crashes well within the flap window (2 x 6 s).
