@@ -217,7 +217,7 @@ class Controller:
     def _metastore(self) -> Metastore:
         """The metastore, with the watchdog fed first: each call then has the whole
         watchdog interval to itself, and gives up after metastore.connect_timeout,
-        which the config keeps a second below it. Calls in a row (read, heartbeat,
+        which the config keeps below it. Calls in a row (read, heartbeat,
         renew) would otherwise add up, and a slow metastore would get a healthy
         controller killed and restarted, again and again."""
         self.ping_watchdog()

@@ -121,6 +121,17 @@ def notices_so_far(ha: ControllerCluster) -> int:
     return len(ha.webhook.subjects())  # type: ignore[attr-defined]
 
 
+def assert_one_incident_notified(ha: ControllerCluster, sent: int) -> None:
+    """The webhook's notices since `sent` (notices_so_far), once a recovery is due: at most
+    one alert for the incident, answered by one recovery, the alert first."""
+    polls_pass(ha, 4)  # past the recovery settle period (2 s in these tests)
+    news = ha.webhook.subjects()[sent:]  # type: ignore[attr-defined]
+    alerted = [i for i, m in enumerate(news) if "no healthy scheduler" in m]
+    recovered = [i for i, m in enumerate(news) if "recovered" in m]
+    assert len(alerted) <= 1 and len(recovered) == len(alerted), news
+    assert alerted <= recovered, news
+
+
 def healthy_on(ha: ControllerCluster, node: str) -> bool:
     """The scheduler's health URL on `node` answers 2xx right now."""
     code, _ = ha.cluster.node(node).exec("curl -fsS -m 1 http://127.0.0.1:8974/health", check=False)

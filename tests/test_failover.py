@@ -30,6 +30,7 @@ from tests.failover_support import (
     ControllerCluster,
     MariaDBServer,
     ZooKeeperCluster,
+    assert_one_incident_notified,
     controller_cluster_fixture,
     main_pid,
     notices_so_far,
@@ -111,7 +112,6 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
     with ha.observed() as observer:
         node = scheduler_node(ha)
         broken = ha.cluster.node(node)
-        hook = ha.webhook  # type: ignore[attr-defined]
         sent = notices_so_far(ha)
         broken.put_file(
             f"/run/systemd/system/{UNIT}.service.d/broken.conf",
@@ -123,16 +123,11 @@ def test_unit_that_cannot_start_moves_to_next_master(ha: ControllerCluster) -> N
             moved_to = observer.wait_single(SETTLE + 2 * FAST_TIMINGS["start_timeout"], not_on=node)
             wait_healthy_on(ha, moved_to)
             assert node in status(ha)["failed_nodes"]
-            # At most one alert for the incident, answered by one recovery, through the
-            # real webhook. None when the move came within after_failed_polls (2): the
-            # start just before (the previous test's restart) counts as a recent repair,
-            # and the first poll that sees the unit fail then moves it at once.
-            polls_pass(ha, 4)  # past the recovery settle period (2 s in these tests)
-            news = hook.subjects()[sent:]
-            alerted = [i for i, m in enumerate(news) if "no healthy scheduler" in m]
-            recovered = [i for i, m in enumerate(news) if "recovered" in m]
-            assert len(alerted) <= 1 and len(recovered) == len(alerted), news
-            assert alerted <= recovered, news  # the alert first
+            # Through the real webhook. No alert when the move came within
+            # after_failed_polls (2): the start just before (the previous test's restart)
+            # counts as a recent repair, and the first poll that sees the unit fail then
+            # moves it at once.
+            assert_one_incident_notified(ha, sent)
             assert WEBHOOK_TOKEN not in ha.dump_logs()
         finally:
             broken.exec(
@@ -342,7 +337,6 @@ def test_crash_loop_under_systemd_moves_the_scheduler(ha: ControllerCluster) -> 
     sends at most one alert, and a recovery only after one."""
     with ha.observed() as observer:
         node = scheduler_node(ha)
-        hook = ha.webhook  # type: ignore[attr-defined]
         sent = notices_so_far(ha)
         looping = ha.cluster.node(node)
         # Every 3 s: slower than systemd's restart (RestartSec=1), within its start
@@ -355,8 +349,4 @@ def test_crash_loop_under_systemd_moves_the_scheduler(ha: ControllerCluster) -> 
         moved_to = observer.wait_single(SETTLE, not_on=node)
         wait_healthy_on(ha, moved_to)
         assert node in status(ha)["failed_nodes"]
-        polls_pass(ha, 4)  # past the recovery settle period (2 s in these tests)
-        news = hook.subjects()[sent:]
-        alerted = [m for m in news if "no healthy scheduler" in m]
-        recovered = [m for m in news if "recovered" in m]
-        assert len(alerted) <= 1 and len(recovered) == len(alerted), news
+        assert_one_incident_notified(ha, sent)
