@@ -14,7 +14,8 @@ export PATH := $(CURDIR)/$(BIN):$(PATH)
 
 # Every tier: lint, pytest (unit and integration), then the whole cluster
 # (molecule/default: converge from bare nodes, idempotence, check, verify, then
-# the fault suite on the same cluster), on the local node image.
+# the fault suite on the same cluster) and the infrastructure roles alone with
+# the MariaDB metastore (molecule/infra), on the local node image.
 # scripts/molecule-test.sh keeps each scenario's log and ends a failure with a digest.
 MOLECULE_TEST := MOLECULE_NODE_IMAGE="$$(cat $(BUILD)/node-image)" bash scripts/molecule-test.sh
 # site.yml runs under Mitogen's strategy in the scenarios (.config/molecule/)
@@ -25,6 +26,7 @@ MITOGEN := ANSIBLE_STRATEGY_PLUGINS=$(CURDIR)/molecule/shared/strategy \
 test: setup lint wheelhouse
 	$(BIN)/pytest tests
 	$(MOLECULE_TEST) default
+	$(MOLECULE_TEST) infra
 
 test-unit: $(VENV)/.stamp
 	$(BIN)/pytest -m unit tests
